@@ -1,0 +1,1 @@
+"""Data on disk: arrays (logits, score maps) and, later, benchmark loaders."""
