@@ -1,0 +1,70 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from diffeel import __version__, scores
+from diffeel.cli import main
+
+
+def run_cli(*args):
+    """Run the installed entry point the way a user does (exit code, stdout, stderr)."""
+    process = subprocess.run([sys.executable, "-m", "diffeel.cli", *map(str, args)], capture_output=True, text=True)
+    return process.returncode, process.stdout, process.stderr
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"diffeel {__version__}"
+    assert main([]) == 0 and "score" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    assert "--smooth" in capsys.readouterr().out
+
+
+def test_score_command_writes_library_scores_and_resumes(tmp_path, rng, capsys):
+    logits_dir = tmp_path / "logits"
+    logits_dir.mkdir()
+    first = rng.normal(size=(19, 12, 16)).astype(np.float32)
+    np.save(logits_dir / "frame_a.npy", first)
+    np.savez(logits_dir / "frame_b.npz", logits=rng.normal(size=(1, 19, 12, 16)).astype(np.float32))
+    torch.save(torch.from_numpy(first), logits_dir / "frame_c.pt")
+    out = tmp_path / "scores"
+    assert main(["score", str(logits_dir), "--score", "energy", "--smooth", "--out", str(out), "--quiet"]) == 0
+    written = np.load(out / "frame_a.npy")
+    np.testing.assert_allclose(written, scores.gaussian_smooth(scores.energy(first[None]))[0], rtol=1e-6)
+    np.testing.assert_array_equal(np.load(out / "frame_c.npy"), written)
+    assert np.load(out / "frame_b.npy").shape == (1, 12, 16)
+    assert "wrote 3 score map(s)" in capsys.readouterr().out
+
+    (out / "frame_a.npy").unlink()
+    assert main(["score", str(logits_dir), "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().endswith("wrote 1 score map(s) to " + str(out) + ", kept 2 existing")
+    assert sorted(p.name for p in out.iterdir()) == ["frame_a.npy", "frame_b.npy", "frame_c.npy"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        (b"not a numpy file", "could not be read as an array file"),
+        ("integer", "expected float logits"),
+        ("nan", "non-finite"),
+    ],
+)
+def test_score_command_bad_input_is_one_sentence_without_output(tmp_path, content, message):
+    path = tmp_path / "bad.npy"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "integer":
+        np.save(path, np.zeros((19, 4, 4), dtype=np.int64))
+    elif content == "nan":
+        np.save(path, np.full((19, 4, 4), np.nan, dtype=np.float32))
+    code, stdout, stderr = run_cli("score", path, "--out", tmp_path / "out", "--quiet")
+    assert code == 2
+    assert message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1 and stderr.strip().endswith(".")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
