@@ -16,6 +16,7 @@ anomaly pixel may fall between any two earlier inlier values.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 # kind → (float dtype, unsigned key dtype, bits)
 KINDS = {
@@ -58,70 +59,123 @@ def from_keys(keys: np.ndarray, kind: str) -> np.ndarray:
     return raw.astype(key_dtype).view(float_dtype)
 
 
-def merge_runs(runs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Merge sorted (keys, counts[n, 2]) runs into one run with distinct keys, counts summed."""
-    if len(runs) == 1:
-        return runs[0]
-    keys = np.concatenate([k for k, _ in runs])
-    counts = np.concatenate([c for _, c in runs])
-    order = np.argsort(keys, kind="stable")  # timsort: linear-time merge of presorted runs
+Run = tuple[np.ndarray, np.ndarray]  # (distinct keys ascending, counts)
+
+
+def empty_run(kind: str) -> Run:
+    return np.zeros(0, dtype=KINDS[kind][1]), np.zeros(0, dtype=np.int64)
+
+
+def merge_runs(runs: list[Run]) -> Run | None:
+    """Merge sorted runs into one run of distinct keys, counts summed."""
+    runs = [run for run in runs if len(run[0])]
+    if len(runs) <= 1:
+        return runs[0] if runs else None
+    keys = np.concatenate([run[0] for run in runs])
+    order = np.argsort(keys, kind="stable")  # timsort: a linear merge of presorted runs
     keys = keys[order]
-    counts = counts[order]
-    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-    if len(starts) == len(keys):
+    counts = np.concatenate([run[1] for run in runs])[order]
+    last_of_value = np.concatenate((keys[1:] != keys[:-1], [True]))
+    if last_of_value.all():
         return keys, counts
-    return keys[starts], np.add.reduceat(counts, starts, axis=0)
+    ends = np.flatnonzero(last_of_value)
+    # Differences of the running sum at each value's last entry: per-value sums, faster than reduceat.
+    return keys[ends], np.diff(np.cumsum(counts)[ends], prepend=0)
 
 
-def unique_counts(keys: np.ndarray, column: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct keys of one class and their counts as a run (counts in ``column`` of 2)."""
-    distinct, counts = np.unique(keys, return_counts=True)
-    table = np.zeros((len(distinct), 2), dtype=np.int64)
-    table[:, column] = counts
-    return distinct, table
+def distinct_with_counts(keys: np.ndarray, kind: str) -> Run:
+    """Sorted distinct keys and their multiplicities.
+
+    torch's CPU sort is several times faster than numpy's here; keys are moved to signed integers of
+    the same width (flipping the top bit keeps the order) because torch has no unsigned sort.
+    """
+    _, key_dtype, bits = KINDS[kind]
+    if len(keys) == 0:
+        return empty_run(kind)
+    top_bit = key_dtype(1) << key_dtype(bits - 1)
+    signed = np.dtype(f"int{bits}") if bits > 16 else np.dtype(np.int32)
+    as_signed = (keys ^ top_bit).view(f"int{bits}").astype(signed, copy=False)
+    ordered = torch.sort(torch.from_numpy(as_signed)).values.numpy()
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    counts = np.diff(np.append(starts, len(ordered)))
+    distinct = ordered[starts].astype(f"int{bits}").view(key_dtype) ^ top_bit
+    return distinct, counts.astype(np.int64)
+
+
+def rank_counts(runs: list[Run], query_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each query key: how many counted keys are ≥ it and how many are equal to it."""
+    at_least = np.zeros(len(query_keys), dtype=np.int64)
+    equal = np.zeros(len(query_keys), dtype=np.int64)
+    for keys, counts in runs:
+        running = np.concatenate(([0], np.cumsum(counts)))
+        below = running[np.searchsorted(keys, query_keys, side="left")]
+        at_least += running[-1] - below
+        equal += running[np.searchsorted(keys, query_keys, side="right")] - below
+    return at_least, equal
 
 
 class SparseCounts:
-    """Distinct keys with (inlier, anomaly) counts, as sorted runs of geometrically growing size."""
+    """Exact counts of one class's distinct keys, as sorted runs merged in tiers.
 
-    def __init__(self, kind: str):
+    A new run enters tier 0; whenever a tier holds ``fan_in`` runs they are merged (one k-way
+    merge, one pass over the data) into a run of the next tier, which also removes repeated keys.
+    Each entry is moved O(log_fan_in n) times: merging is bound by memory traffic, so a wide
+    fan-in pays. When a merge at least halves its input (values repeat), the result is folded
+    into the older run as well, so repeated values keep the state at most ``fan_in`` runs deep. Queries (:func:`rank_counts`) work on the runs directly, without a final merge.
+    """
+
+    def __init__(self, kind: str, fan_in: int = 8):
         self.kind = kind
-        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.fan_in = fan_in
+        self.runs: list[Run] = []
+        self.tiers: list[int] = []
 
-    def add_run(self, keys: np.ndarray, counts: np.ndarray) -> None:
-        if len(keys) == 0:
+    def add_run(self, run: Run) -> None:
+        if len(run[0]) == 0:
             return
-        self.runs.append((keys, counts))
-        # Binary-counter merging: a run is merged once its left neighbour is at most twice its size,
-        # so each entry takes part in O(log n) merges and there are O(log n) runs.
-        while len(self.runs) >= 2 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0]):
-            right = self.runs.pop()
-            left = self.runs.pop()
-            self.runs.append(merge_runs([left, right]))
+        self.runs.append(run)
+        self.tiers.append(0)
+        while len(self.tiers) >= self.fan_in and len(set(self.tiers[-self.fan_in :])) == 1:
+            tier = self.tiers[-1]
+            merging = self.runs[-self.fan_in :]
+            merged = merge_runs(merging)
+            del self.runs[-self.fan_in :], self.tiers[-self.fan_in :]
+            if self.runs and 2 * len(merged[0]) <= sum(len(keys) for keys, _ in merging):
+                # Values repeat: fold into the older run too, so the state stops growing.
+                merged = merge_runs([self.runs.pop(), merged])
+                tier = max(tier, self.tiers.pop() - 1)
+            self.runs.append(merged)
+            self.tiers.append(tier + 1)
 
-    def table(self) -> tuple[np.ndarray, np.ndarray]:
-        """The collapsed (keys ascending, counts) table; also stored back as the single run."""
+    def table(self) -> Run:
+        """All runs merged into one (keys ascending); also kept as the single run."""
         if not self.runs:
-            _, key_dtype, _ = KINDS[self.kind]
-            return np.zeros(0, dtype=key_dtype), np.zeros((0, 2), dtype=np.int64)
-        self.runs = [merge_runs(self.runs)]
+            return empty_run(self.kind)
+        if len(self.runs) > 1:
+            self.runs, self.tiers = [merge_runs(self.runs)], [max(self.tiers)]
         return self.runs[0]
+
+    def total(self) -> int:
+        return int(sum(int(counts.sum()) for _, counts in self.runs))
+
+    def rank_counts(self, query_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rank_counts(self.runs, query_keys)
 
     def promoted(self, kind: str) -> "SparseCounts":
         keys, counts = self.table()
-        other = SparseCounts(kind)
+        other = SparseCounts(kind, self.fan_in)
         # float16 ⊂ float32 ⊂ float64 exactly, and the key order is the float order.
-        other.add_run(to_keys(from_keys(keys, self.kind).astype(KINDS[kind][0]), kind), counts)
+        other.add_run((to_keys(from_keys(keys, self.kind).astype(KINDS[kind][0]), kind), counts))
         return other
 
     @property
     def nbytes(self) -> int:
-        return sum(k.nbytes + c.nbytes for k, c in self.runs)
+        return sum(keys.nbytes + counts.nbytes for keys, counts in self.runs)
 
 
-def histogram_as_sparse(histogram: np.ndarray) -> SparseCounts:
-    """A float16 histogram (2, 65536) as a sparse table of float16 keys."""
-    present = np.flatnonzero(histogram.sum(axis=0))
+def histogram_as_sparse(histogram_row: np.ndarray) -> SparseCounts:
+    """One class's float16 histogram (65536 bins) as sparse counts of float16 keys."""
+    present = np.flatnonzero(histogram_row)
     table = SparseCounts("f16")
-    table.add_run(present.astype(np.uint16), np.ascontiguousarray(histogram[:, present].T))
+    table.add_run((present.astype(np.uint16), histogram_row[present]))
     return table

@@ -32,19 +32,20 @@ from ._counts import (
     FLOAT16_PATTERNS,
     KINDS,
     SparseCounts,
+    distinct_with_counts,
     from_keys,
     histogram_as_sparse,
     kind_of,
-    merge_runs,
+    rank_counts,
     to_keys,
-    unique_counts,
     wider_kind,
 )
 
 __all__ = ["Protocol", "PROTOCOLS", "PixelMetrics", "pixel_metrics", "UndefinedMetricWarning", "metrics_from_counts"]
 
 TPR_TARGET_NUM, TPR_TARGET_DEN = 19, 20  # 0.95 as an exact integer ratio
-_CODE_INLIER, _CODE_ANOMALY, _CODE_VOID, _CODE_INVALID = 0, 1, 2, 3
+# Codes after label mapping. VOID & 3 == 3, so {0, 1, 255} maps to codes by a bit mask.
+_CODE_INLIER, _CODE_ANOMALY, _CODE_INVALID, _CODE_VOID = 0, 1, 2, 3
 
 
 class UndefinedMetricWarning(UserWarning):
@@ -101,49 +102,68 @@ PROTOCOLS: dict[str, Protocol] = {
 # metrics from a count table
 
 
-def metrics_from_counts(inlier_counts: np.ndarray, anomaly_counts: np.ndarray, protocol: Protocol) -> dict:
-    """AUPRC, FPR95, AUROC and best F1 from per-threshold counts in *descending* score order.
+def metrics_from_counts(
+    anomaly_counts: np.ndarray, inliers_at_least: np.ndarray, inliers_equal: np.ndarray, n_inlier: int, protocol: Protocol
+) -> dict:
+    """AUPRC, FPR95, AUROC and best F1, exactly, from the distinct anomaly scores alone.
 
-    Returns indices (``fpr95_index``, ``best_f1_index``) into the given order for threshold look-up.
-    Both classes must be present.
+    Inputs run over the distinct scores carried by anomaly pixels, in *descending* order: the
+    number of anomaly pixels at each, and the number of inlier pixels scoring at least / exactly
+    that much. Recall changes only at these scores, so every metric (including sklearn's
+    step-wise AP and trapezoidal AUROC over all distinct thresholds) is a sum over them; inlier
+    scores matter only through their ranks. Returns indices (``fpr95_index``, ``best_f1_index``)
+    into the given order for threshold look-up. Both classes must be present.
     """
     true_pos = np.cumsum(anomaly_counts)
-    false_pos = np.cumsum(inlier_counts)
-    n_anomaly, n_inlier = int(true_pos[-1]), int(false_pos[-1])
-    precision = true_pos / (true_pos + false_pos)
-    # sklearn's PR curve stops at the first threshold reaching full recall.
-    full_recall = int(np.searchsorted(true_pos, n_anomaly))
+    n_anomaly = int(true_pos[-1])
+    precision = true_pos / (true_pos + inliers_at_least)
 
     if protocol.auprc == "step":
-        # Only thresholds with anomaly pixels move recall, by count/n_anomaly.
         auprc = float(np.dot(anomaly_counts, precision) / n_anomaly)
     else:
-        recall = np.concatenate(([0.0], true_pos[: full_recall + 1] / n_anomaly))
-        prec = np.concatenate(([1.0], precision[: full_recall + 1]))
-        auprc = float(np.sum(np.diff(recall) * (prec[1:] + prec[:-1]) / 2))
+        # Trapezoids of sklearn's PR curve: each recall step ends at an anomaly score and starts at
+        # the next higher threshold (or at the (0, 1) anchor when no pixel scores higher).
+        true_pos_above = true_pos - anomaly_counts
+        inliers_above = inliers_at_least - inliers_equal
+        pixels_above = true_pos_above + inliers_above
+        precision_above = np.where(pixels_above > 0, true_pos_above / np.maximum(pixels_above, 1), 1.0)
+        auprc = float(np.sum(anomaly_counts / n_anomaly * (precision + precision_above) / 2))
 
     if protocol.fpr95 == "first":
         reached = TPR_TARGET_DEN * true_pos >= TPR_TARGET_NUM * n_anomaly  # exact integer compare
         fpr95_index = int(np.argmax(reached))
+        false_pos = inliers_at_least[fpr95_index]
     else:
-        distance = np.abs(true_pos[: full_recall + 1] / n_anomaly - TPR_TARGET_NUM / TPR_TARGET_DEN)
-        # Hendrycks' helper scans from full recall towards the top score and keeps the first minimum.
-        fpr95_index = full_recall - int(np.argmin(distance[::-1]))
-    fpr95 = false_pos[fpr95_index] / n_inlier
+        # Hendrycks' helper: among ROC points up to full recall, the TPR nearest 0.95, scanning from
+        # full recall upwards and keeping the first minimum — i.e. for equal TPR the lowest
+        # threshold, whose false positives are the inliers above the next anomaly score.
+        lowest_threshold_false_pos = np.append(
+            inliers_at_least[1:] - inliers_equal[1:], inliers_at_least[-1:]
+        )
+        distance = np.abs(true_pos / n_anomaly - TPR_TARGET_NUM / TPR_TARGET_DEN)
+        fpr95_index = len(distance) - 1 - int(np.argmin(distance[::-1]))
+        false_pos = lowest_threshold_false_pos[fpr95_index]
 
-    true_pos_before = true_pos - anomaly_counts
-    auroc = float(np.dot(inlier_counts, true_pos_before + 0.5 * anomaly_counts) / (n_anomaly * n_inlier))
+    inliers_below = n_inlier - inliers_at_least
+    auroc = float(np.dot(anomaly_counts, inliers_below + 0.5 * inliers_equal) / (n_anomaly * n_inlier))
 
-    f1 = 2 * true_pos / (true_pos + false_pos + n_anomaly)
+    f1 = 2 * true_pos / (true_pos + inliers_at_least + n_anomaly)
     best_f1_index = int(np.argmax(f1))
     return {
         "auprc": auprc,
-        "fpr95": float(fpr95),
+        "fpr95": float(false_pos / n_inlier),
         "auroc": auroc,
         "best_f1": float(f1[best_f1_index]),
         "fpr95_index": fpr95_index,
         "best_f1_index": best_f1_index,
     }
+
+
+def _anomaly_side_of_histograms(inlier: np.ndarray, anomaly: np.ndarray):
+    """(anomaly keys descending, anomaly counts, inliers ≥, inliers ==, n_inlier) of histograms."""
+    keys = np.flatnonzero(anomaly)[::-1]
+    inliers_at_least = np.cumsum(inlier[::-1])[::-1]
+    return keys, anomaly[keys], inliers_at_least[keys], inlier[keys], int(inlier.sum())
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,6 +238,10 @@ class _LabelCoder:
             labels = labels.view(np.uint8)
         if labels.dtype.kind not in "iu":
             raise TypeError(f"label maps must hold integers, got dtype {labels.dtype}")
+        # Fast path: uint8 labels already in {0, 1, 255} (x + 1 wraps 255 to 0, so valid means ≤ 2).
+        if not self.label_map and self.default_code is None and labels.dtype == np.uint8:
+            if labels.size == 0 or (labels + np.uint8(1)).max() <= 2:
+                return labels & np.uint8(3)
         if labels.dtype != np.uint8:
             low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
             if low < 0 or high >= 1 << 16:
@@ -227,11 +251,8 @@ class _LabelCoder:
             size = 256 if high < 256 else high + 1
         else:
             size = 256
-        table = self.table(size)
-        codes = table[labels]
-        present = np.bincount(labels.ravel(), minlength=size) if size == 256 else None
-        invalid = (table[present > 0] == _CODE_INVALID).any() if present is not None else (codes == _CODE_INVALID).any()
-        if invalid:
+        codes = np.take(self.table(size), labels)
+        if (codes == _CODE_INVALID).any():
             bad = np.unique(labels[codes == _CODE_INVALID])
             shown = ", ".join(str(v) for v in bad[:8]) + (", …" if len(bad) > 8 else "")
             raise ValueError(
@@ -248,9 +269,10 @@ class _LabelCoder:
 class PixelMetrics:
     """Exact streaming pixel metrics: ``update`` per image (or batch), ``merge``, ``compute``.
 
-    Memory does not depend on the number of images: float16 scores use a fixed 1 MiB histogram;
-    float32/float64 scores a table of the distinct values seen (see ``state_nbytes``). A set mixing
-    dtypes is promoted exactly to the widest. ``name`` labels warnings (e.g. ``"fog"``).
+    State: float16 scores use a fixed 1 MiB histogram, whatever the number of images;
+    float32/float64 scores keep per class the distinct values seen with their counts (see
+    ``state_nbytes``; it stops growing once values repeat). A set mixing dtypes is promoted
+    exactly to the widest. ``name`` labels warnings (e.g. ``"fog"``).
     """
 
     def __init__(
@@ -268,8 +290,8 @@ class PixelMetrics:
 
     def reset(self) -> None:
         self._kind: str | None = None
-        self._histogram: np.ndarray | None = None  # float16: (2, 65536) int64
-        self._table: SparseCounts | None = None  # float32/float64
+        self._histogram: np.ndarray | None = None  # float16: (2, 65536) int64, rows inlier/anomaly
+        self._classes: tuple[SparseCounts, SparseCounts] | None = None  # float32/64: inlier, anomaly
         self._per_image: list[tuple[float, float, float]] = []
         self.n_images = 0
         self.n_images_skipped = 0
@@ -281,23 +303,22 @@ class PixelMetrics:
         target = wider_kind(self._kind, kind)
         if target == self._kind:
             return
-        if self._kind is None:
-            if target == "f16":
-                self._histogram = np.zeros((2, FLOAT16_PATTERNS), dtype=np.int64)
-            else:
-                self._table = SparseCounts(target)
+        if self._kind is None and target == "f16":
+            self._histogram = np.zeros((2, FLOAT16_PATTERNS), dtype=np.int64)
+        elif self._kind is None:
+            self._classes = (SparseCounts(target), SparseCounts(target))
         elif self._kind == "f16":
-            self._table = histogram_as_sparse(self._histogram).promoted(target)
+            self._classes = tuple(histogram_as_sparse(row).promoted(target) for row in self._histogram)
             self._histogram = None
         else:
-            self._table = self._table.promoted(target)
+            self._classes = tuple(counts.promoted(target) for counts in self._classes)
         self._kind = target
 
     @property
     def state_nbytes(self) -> int:
         """Bytes held by the count state (constant for float16; distinct values for float32/64)."""
         held = 0 if self._histogram is None else self._histogram.nbytes
-        held += 0 if self._table is None else self._table.nbytes
+        held += 0 if self._classes is None else sum(counts.nbytes for counts in self._classes)
         return held + 24 * len(self._per_image)
 
     # ---- update ------------------------------------------------------------------------------
@@ -313,8 +334,7 @@ class PixelMetrics:
         scores = _exact_float(scores)
         codes = self._labels.encode(labels)
         self._check_finite(scores, codes)
-        kind = kind_of(scores.dtype)
-        self._promote(kind)
+        self._promote(kind_of(scores.dtype))
         if scores.dtype != KINDS[self._kind][0]:
             scores = scores.astype(KINDS[self._kind][0])  # exact widening
 
@@ -332,15 +352,12 @@ class PixelMetrics:
         if self.protocol.skip_empty and not (codes == _CODE_ANOMALY).any():
             self.n_images_skipped += 1
             return
-        frame = self._add_counts(scores, codes)
+        _, anomaly_counts, at_least, equal, n_inlier = self._add_counts(scores, codes)
         if self.protocol.per_image:
-            inlier, anomaly = frame
-            present = (inlier + anomaly) > 0
-            inlier, anomaly = inlier[present], anomaly[present]
-            if inlier.sum() == 0 or anomaly.sum() == 0:
+            if len(anomaly_counts) == 0 or n_inlier == 0:
                 self._per_image.append((math.nan, math.nan, math.nan))
             else:
-                result = metrics_from_counts(inlier[::-1], anomaly[::-1], self.protocol)
+                result = metrics_from_counts(anomaly_counts, at_least, equal, n_inlier, self.protocol)
                 self._per_image.append((result["auprc"], result["fpr95"], result["auroc"]))
 
     @staticmethod
@@ -357,29 +374,34 @@ class PixelMetrics:
             n_valid = int(np.count_nonzero(codes != _CODE_VOID))
             raise ValueError(f"{counted} of {n_valid} non-void score values are NaN or infinite")
 
-    def _add_counts(self, scores: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Add a map's counts to the state; return its own (inlier, anomaly) counts, ascending."""
+    def _add_counts(self, scores: np.ndarray, codes: np.ndarray):
+        """Add a map's counts to the state; return the map's own anomaly-side counts."""
         if self._kind == "f16":
-            keys = to_keys(scores, "f16").ravel().astype(np.intp)
-            keys |= codes.ravel().astype(np.intp) << 16  # void (code 2) lands in a bin we ignore
-            counts = np.bincount(keys, minlength=3 * FLOAT16_PATTERNS)[: 2 * FLOAT16_PATTERNS]
-            counts = counts.reshape(2, FLOAT16_PATTERNS)
+            # One bincount over (code, key) pairs; void pixels land in bins we ignore.
+            pairs = codes.ravel().astype(np.uint32)
+            pairs <<= 16
+            pairs |= to_keys(scores, "f16").ravel()
+            counts = np.bincount(pairs, minlength=4 * FLOAT16_PATTERNS).reshape(4, FLOAT16_PATTERNS)
+            self.n_void += int(counts[_CODE_VOID].sum())
+            counts = counts[:2].copy()
             zero, negative_zero = to_keys(np.array([0.0, -0.0], dtype=np.float16), "f16")
             counts[:, zero] += counts[:, negative_zero]  # -0.0 ties with +0.0
             counts[:, negative_zero] = 0
             self._histogram += counts
-            self.n_void += int(np.count_nonzero(codes == _CODE_VOID))
-            return counts[0], counts[1]
+            return _anomaly_side_of_histograms(counts[0], counts[1]) if self.protocol.per_image else (None,) * 5
 
         runs = []
-        for code in (_CODE_INLIER, _CODE_ANOMALY):
+        for code, class_counts in zip((_CODE_INLIER, _CODE_ANOMALY), self._classes):
             values = scores[codes == code]
             values += 0.0  # -0.0 → +0.0 so that the zeros tie (values is a copy)
-            runs.append(unique_counts(to_keys(values, self._kind), column=code))
-        keys, counts = merge_runs(runs)
-        self._table.add_run(keys, counts)
-        self.n_void += int(codes.size - counts.sum())
-        return counts[:, 0], counts[:, 1]
+            runs.append(distinct_with_counts(to_keys(values, self._kind), self._kind))
+            class_counts.add_run(runs[-1])
+        (inlier_keys, inlier_counts), (anomaly_keys, anomaly_counts) = runs
+        self.n_void += codes.size - int(inlier_counts.sum()) - int(anomaly_counts.sum())
+        if not self.protocol.per_image:
+            return (None,) * 5
+        at_least, equal = rank_counts([runs[0]], anomaly_keys[::-1])
+        return anomaly_keys[::-1], anomaly_counts[::-1], at_least, equal, int(inlier_counts.sum())
 
     # ---- merge / compute -----------------------------------------------------------------
 
@@ -392,28 +414,28 @@ class PixelMetrics:
             if self._kind == "f16":
                 self._histogram += other._histogram
             else:
-                source = other._table if other._kind != "f16" else histogram_as_sparse(other._histogram)
-                if source.kind != self._kind:
-                    source = source.promoted(self._kind)
-                for keys, counts in source.runs:
-                    self._table.add_run(keys, counts)
+                sources = other._classes if other._kind != "f16" else [histogram_as_sparse(r) for r in other._histogram]
+                for target, source in zip(self._classes, sources):
+                    if source.kind != self._kind:
+                        source = source.promoted(self._kind)
+                    for run in source.runs:
+                        target.add_run(run)
         self._per_image.extend(other._per_image)
         self.n_images += other.n_images
         self.n_images_skipped += other.n_images_skipped
         self.n_void += other.n_void
         return self
 
-    def _descending_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(score values, inlier counts, anomaly counts) over distinct scores, descending."""
+    def _anomaly_side(self):
+        """(anomaly keys descending, anomaly counts, inliers ≥ each, inliers == each, n_inlier)."""
         if self._kind is None:
-            return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.uint16), *(np.zeros(0, dtype=np.int64),) * 3, 0
         if self._kind == "f16":
-            present = np.flatnonzero(self._histogram.sum(axis=0))[::-1]
-            keys, inlier, anomaly = present.astype(np.uint16), self._histogram[0, present], self._histogram[1, present]
-        else:
-            keys, counts = self._table.table()
-            keys, inlier, anomaly = keys[::-1], counts[::-1, 0], counts[::-1, 1]
-        return from_keys(keys, self._kind).astype(np.float64), inlier, anomaly
+            return _anomaly_side_of_histograms(*self._histogram)
+        inliers, anomalies = self._classes
+        keys, counts = (part[::-1] for part in anomalies.table())
+        at_least, equal = inliers.rank_counts(keys)
+        return keys, counts, at_least, equal, inliers.total()
 
     def compute(self) -> dict:
         """``{"auprc", "fpr95", "auroc", "n_pixels", "n_anomaly", ...}`` as fractions.
@@ -421,8 +443,8 @@ class PixelMetrics:
         ``n_pixels`` counts the non-void pixels evaluated. Metrics of a set lacking either class
         are NaN, with an :class:`UndefinedMetricWarning` naming the set.
         """
-        values, inlier, anomaly = self._descending_table()
-        n_anomaly, n_inlier = int(anomaly.sum()), int(inlier.sum())
+        keys, anomaly_counts, at_least, equal, n_inlier = self._anomaly_side()
+        n_anomaly = int(anomaly_counts.sum())
         result = {
             "auprc": math.nan,
             "fpr95": math.nan,
@@ -446,14 +468,15 @@ class PixelMetrics:
                 stacklevel=2,
             )
             return result
-        pooled = metrics_from_counts(inlier, anomaly, self.protocol)
+        pooled = metrics_from_counts(anomaly_counts, at_least, equal, n_inlier, self.protocol)
+        values = from_keys(keys[[pooled["fpr95_index"], pooled["best_f1_index"]]], self._kind)
         result.update(
             auprc=pooled["auprc"],
             fpr95=pooled["fpr95"],
             auroc=pooled["auroc"],
             best_f1=pooled["best_f1"],
-            fpr95_threshold=float(values[pooled["fpr95_index"]]),
-            best_f1_threshold=float(values[pooled["best_f1_index"]]),
+            fpr95_threshold=float(values[0]),
+            best_f1_threshold=float(values[1]),
         )
         if self.protocol.per_image:
             result.update(self._per_image_means())
@@ -475,14 +498,24 @@ class PixelMetrics:
         return means
 
     def curves(self) -> dict:
-        """The exact PR and ROC curves over distinct thresholds (descending), for plots."""
-        values, inlier, anomaly = self._descending_table()
+        """The exact PR and ROC curves over all distinct thresholds (descending), for plots."""
+        if self._kind is None:
+            inlier = anomaly = np.zeros(0, dtype=np.int64)
+            keys = np.zeros(0, dtype=np.uint16)
+        elif self._kind == "f16":
+            keys = np.flatnonzero(self._histogram.sum(axis=0))[::-1]
+            inlier, anomaly = self._histogram[0, keys], self._histogram[1, keys]
+        else:
+            tables = [counts.table() for counts in self._classes]
+            keys = np.union1d(tables[0][0], tables[1][0])[::-1]
+            inlier, anomaly = (np.zeros(len(keys), dtype=np.int64) for _ in range(2))
+            for target, (class_keys, class_counts) in zip((inlier, anomaly), tables):
+                target[len(keys) - 1 - np.searchsorted(keys[::-1], class_keys)] = class_counts
         true_pos, false_pos = np.cumsum(anomaly), np.cumsum(inlier)
-        n_anomaly, n_inlier = max(int(anomaly.sum()), 1), max(int(inlier.sum()), 1)
         return {
-            "thresholds": values,
-            "tpr": true_pos / n_anomaly,
-            "fpr": false_pos / n_inlier,
+            "thresholds": from_keys(keys, self._kind or "f64").astype(np.float64),
+            "tpr": true_pos / max(int(anomaly.sum()), 1),
+            "fpr": false_pos / max(int(inlier.sum()), 1),
             "precision": true_pos / np.maximum(true_pos + false_pos, 1),
         }
 

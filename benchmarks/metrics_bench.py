@@ -1,0 +1,154 @@
+"""Exact streaming pixel metrics vs scikit-learn, measured in the same run.
+
+Builds synthetic 2048×1024 score maps (anomaly blobs on the road, a void band, noisy scores),
+feeds them frame by frame to ``diffeel.metrics.PixelMetrics`` and times it against sklearn's
+``average_precision_score`` + ``roc_curve`` (AUPRC, FPR95, AUROC) on the same pixels.
+
+sklearn must hold every pixel at once (and sorts them), so by default it runs on a subsample of
+frames that fits comfortably in memory; its time is then scaled linearly to the full pixel count,
+which *favours* sklearn (its cost grows as n log n). On the subsample both are computed and must
+agree to 1e-9. Peak memory is what diffeel holds (state + per-frame temporaries, input frame
+excluded), measured with tracemalloc at 25 %, 50 % and 100 % of the frames.
+
+    python benchmarks/metrics_bench.py                      # 1e8 px per dtype (default)
+    python benchmarks/metrics_bench.py --pixels 2e9 --sklearn-pixels 2e7   # the 1000-frame scenario
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_curve
+
+from diffeel.metrics import PixelMetrics
+
+TARGETS = {"float16": 50.0, "float32": 5.0}
+
+
+def make_layouts(width: int, height: int, count: int, seed: int) -> list[np.ndarray]:
+    """A few label maps: void band at the top, inlier elsewhere, elliptic anomaly blobs below the horizon."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.ogrid[:height, :width]
+    layouts = []
+    for _ in range(count):
+        labels = np.zeros((height, width), dtype=np.uint8)
+        labels[: height // 8] = 255
+        for _ in range(rng.integers(1, 5)):
+            centre_row = rng.uniform(0.55, 0.9) * height
+            centre_col = rng.uniform(0.2, 0.8) * width
+            radius = rng.uniform(0.01, 0.05) * width
+            inside = ((rows - centre_row) / (radius * 0.7)) ** 2 + ((cols - centre_col) / radius) ** 2 <= 1
+            labels[inside] = 1
+        layouts.append(labels)
+    return layouts
+
+
+def make_frame(layout: np.ndarray, index: int, seed: int, dtype) -> np.ndarray:
+    rng = np.random.default_rng((seed, index))
+    scores = rng.standard_normal(layout.shape, dtype=np.float32)
+    scores += 1.5 * (layout == 1)
+    return (1.0 / (1.0 + np.exp(-scores))).astype(dtype)  # in (0, 1), like a probability map
+
+
+def frames(n_frames: int, layouts, seed: int, dtype):
+    for index in range(n_frames):
+        layout = layouts[index % len(layouts)]
+        yield make_frame(layout, index, seed, dtype), layout
+
+
+def run_diffeel(n_frames, layouts, seed, dtype, trace_memory=False):
+    metrics = PixelMetrics()
+    elapsed = 0.0
+    peaks = {}
+    checkpoints = {max(1, round(n_frames * f)): f for f in (0.25, 0.5, 1.0)}
+    peak_bytes = 0
+    if trace_memory:
+        tracemalloc.start()
+    for index, (scores, labels) in enumerate(frames(n_frames, layouts, seed, dtype), start=1):
+        if trace_memory:
+            tracemalloc.reset_peak()
+        start = time.perf_counter()
+        metrics.update(scores, labels)
+        if index == n_frames:
+            result = metrics.compute()
+        elapsed += time.perf_counter() - start
+        if trace_memory:
+            peak_bytes = max(peak_bytes, tracemalloc.get_traced_memory()[1] - scores.nbytes)
+            if index in checkpoints:
+                peaks[checkpoints[index]] = (peak_bytes, metrics.state_nbytes)
+    if trace_memory:
+        tracemalloc.stop()
+    return result, elapsed, peaks
+
+
+def run_sklearn(n_frames, layouts, seed, dtype):
+    scores, labels = [], []
+    for frame_scores, frame_labels in frames(n_frames, layouts, seed, dtype):
+        valid = frame_labels != 255
+        scores.append(frame_scores[valid])
+        labels.append(frame_labels[valid])
+    scores, labels = np.concatenate(scores), np.concatenate(labels)
+    start = time.perf_counter()
+    auprc = average_precision_score(labels, scores)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    fpr95 = fpr[np.argmax(tpr >= 0.95)]
+    auroc = float(np.trapezoid(tpr, fpr))
+    elapsed = time.perf_counter() - start
+    return {"auprc": auprc, "fpr95": fpr95, "auroc": auroc}, elapsed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pixels", type=float, default=1e8, help="pixels per dtype for diffeel (default 1e8)")
+    parser.add_argument("--sklearn-pixels", type=float, default=2e7, help="pixels sklearn evaluates (default 2e7)")
+    parser.add_argument("--size", default="2048x1024", help="frame size WxH (default 2048x1024)")
+    parser.add_argument("--dtypes", default="float16,float32", help="comma-separated score dtypes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
+    args = parser.parse_args(argv)
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    frame_pixels = width * height
+    n_frames = max(1, round(args.pixels / frame_pixels))
+    n_sklearn = max(1, min(n_frames, round(args.sklearn_pixels / frame_pixels)))
+    layouts = make_layouts(width, height, 8, args.seed)
+    print(f"frames: {n_frames} of {width}x{height} ({n_frames * frame_pixels:.3g} px) per dtype; "
+          f"sklearn on the first {n_sklearn} ({n_sklearn * frame_pixels:.3g} px), time scaled linearly "
+          f"to {n_frames} frames (favours sklearn: it sorts, n log n)")
+    ok = True
+    for dtype_name in args.dtypes.split(","):
+        dtype = np.dtype(dtype_name)
+        small_result, _, _ = run_diffeel(n_sklearn, layouts, args.seed, dtype)
+        reference, sklearn_seconds = run_sklearn(n_sklearn, layouts, args.seed, dtype)
+        worst = max(abs(small_result[k] - reference[k]) for k in reference)
+        full_result, diffeel_seconds, _ = run_diffeel(n_frames, layouts, args.seed, dtype)
+        sklearn_scaled = sklearn_seconds * n_frames / n_sklearn
+        ratio = sklearn_scaled / diffeel_seconds
+        exact = worst <= 1e-9
+        ok &= exact and ratio >= TARGETS.get(dtype_name, 0)
+        print(f"\n[{dtype_name}] diffeel {diffeel_seconds:.2f} s for {n_frames} frames "
+              f"({diffeel_seconds / n_frames * 1e3:.0f} ms/frame); sklearn {sklearn_seconds:.2f} s for "
+              f"{n_sklearn} frames → {sklearn_scaled:.1f} s scaled")
+        print(f"[{dtype_name}] speed-up vs sklearn: {ratio:.1f}x (target ≥ {TARGETS.get(dtype_name, 0):g}x)")
+        print(f"[{dtype_name}] max |diffeel - sklearn| over AUPRC/FPR95/AUROC on {n_sklearn} frames: "
+              f"{worst:.2e} ({'exact' if exact else 'MISMATCH'})")
+        print(f"[{dtype_name}] full run: AUPRC {full_result['auprc']:.6f}  FPR95 {full_result['fpr95']:.6f}  "
+              f"AUROC {full_result['auroc']:.6f}  ({full_result['n_pixels']:,} non-void px)")
+        if not args.no_memory:
+            _, _, peaks = run_diffeel(n_frames, layouts, args.seed, dtype, trace_memory=True)
+            shown = "; ".join(
+                f"after {int(f * 100)}% of frames: peak {peak / 2**20:.1f} MiB, state {state / 2**20:.1f} MiB"
+                for f, (peak, state) in sorted(peaks.items())
+            )
+            print(f"[{dtype_name}] diffeel memory (input frame excluded) {shown}")
+    print("\nall targets met" if ok else "\nsome target NOT met")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
