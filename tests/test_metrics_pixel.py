@@ -290,3 +290,13 @@ def test_fpr95_boundary_and_nearest_tie_by_hand():
     # Hendrycks' helper keeps the lowest threshold among equal TPRs: 81.5, where 20 inliers pass.
     assert pixel_metrics(scores, labels, "nearest")["fpr95"] == 0.2
     assert hendrycks_fpr_at_recall(labels, scores) == 0.2
+
+
+def test_nearest_fpr95_breaks_equal_distances_towards_higher_tpr():
+    # 50 anomalies at 200..151: TPR 0.94 (score 154) and 0.96 (score 153) are equally far from 0.95
+    # in float64. Hendrycks' helper keeps the higher TPR, whose lowest threshold passes 15 inliers.
+    scores = np.r_[np.arange(200, 150, -1.0), np.full(10, 153.5), np.full(5, 152.5), np.zeros(85)]
+    labels = np.r_[np.ones(50), np.zeros(100)].astype(np.uint8)
+    assert abs(47 / 50 - 0.95) == abs(48 / 50 - 0.95)
+    assert hendrycks_fpr_at_recall(labels, scores) == 0.15
+    assert pixel_metrics(scores, labels, "nearest")["fpr95"] == 0.15
