@@ -1,13 +1,13 @@
-"""Exact score counts: order-preserving integer keys, a dense float16 histogram, a sparse table.
+"""Exact score counts: order-preserving integer keys, a dense float16 histogram, sparse runs.
 
 Every pixel metric of a (sub)set is a function of one table: for each distinct score value, how
-many inlier and how many anomaly pixels carry it. We keep exactly that table, never a rounded one:
+many inlier and how many anomaly pixels carry it. We keep exactly those counts, never rounded:
 
 * float16 scores: a dense histogram over the 65,536 bit patterns (1 MiB, whatever the number of
   images — SegmentMeIfYouCan ships its score maps in float16);
-* float32/float64 scores: the distinct keys seen so far with their counts, kept as a few sorted
-  runs merged like a binary counter (amortised O(n log n)). Its size is the number of distinct
-  score values: it stops growing once values repeat and never exceeds the dtype's value count.
+* float32/float64 scores: per class, the distinct keys seen so far with their counts, kept as
+  sorted runs merged in tiers (amortised O(n log n)). Its size is the number of distinct score
+  values: it stops growing once values repeat and never exceeds the dtype's value count.
 
 A one-pass exact method cannot keep less than the distinct values for continuous scores: any later
 anomaly pixel may fall between any two earlier inlier values.

@@ -1,4 +1,4 @@
-"""Exact, streaming pixel-level AUPRC, FPR95 and AUROC (definitions in the docs: "Metrics").
+"""Exact, streaming pixel-level AUPRC, FPR95 and AUROC.
 
 Default protocol (``"pooled"``), over the pooled non-void pixels of all images of a set:
 
