@@ -300,3 +300,15 @@ def test_nearest_fpr95_breaks_equal_distances_towards_higher_tpr():
     assert abs(47 / 50 - 0.95) == abs(48 / 50 - 0.95)
     assert hendrycks_fpr_at_recall(labels, scores) == 0.15
     assert pixel_metrics(scores, labels, "nearest")["fpr95"] == 0.15
+
+
+def test_label_map_handles_label_values_above_255(rng):
+    # LostAndFound-style ids: 0 void, 1 road, 2..300 obstacles.
+    scores = rng.random(500).astype(np.float32)
+    raw = rng.integers(0, 301, size=500).astype(np.int32)
+    raw[:100] = 1
+    mapped = np.select([raw == 0, raw == 1], [255, 0], 1).astype(np.uint8)
+    result = pixel_metrics(scores, raw, label_map={0: 255, 1: 0, "*": 1})
+    assert_matches(result, sklearn_reference(scores, mapped))
+    with pytest.raises(ValueError, match="no mapping for them: 2, 3, 4"):
+        pixel_metrics(scores, raw, label_map={0: 255, 1: 0})

@@ -8,6 +8,7 @@ computed from max-shifted logits, so results are finite for any finite input (te
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -44,14 +45,12 @@ def _as_tensor(array) -> tuple[torch.Tensor, bool]:
 def _returning_input_kind(compute: Callable[..., torch.Tensor]):
     """Wrap a torch implementation so numpy in gives numpy out."""
 
+    @functools.wraps(compute)
     def wrapper(logits, *args, **kwargs):
         tensor, was_numpy = _as_tensor(logits)
         result = compute(tensor, *args, **kwargs)
         return result.numpy() if was_numpy else result
 
-    wrapper.__name__ = compute.__name__
-    wrapper.__qualname__ = compute.__qualname__
-    wrapper.__doc__ = compute.__doc__
     return wrapper
 
 

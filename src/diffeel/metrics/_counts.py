@@ -93,12 +93,10 @@ def distinct_with_counts(keys: np.ndarray, kind: str) -> Run:
     if len(keys) == 0:
         return empty_run(kind)
     top_bit = key_dtype(1) << key_dtype(bits - 1)
-    signed = np.dtype(f"int{bits}") if bits > 16 else np.dtype(np.int32)
-    as_signed = (keys ^ top_bit).view(f"int{bits}").astype(signed, copy=False)
-    ordered = torch.sort(torch.from_numpy(as_signed)).values.numpy()
+    ordered = torch.sort(torch.from_numpy((keys ^ top_bit).view(f"int{bits}"))).values.numpy()
     starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
     counts = np.diff(np.append(starts, len(ordered)))
-    distinct = ordered[starts].astype(f"int{bits}").view(key_dtype) ^ top_bit
+    distinct = ordered[starts].view(key_dtype) ^ top_bit
     return distinct, counts.astype(np.int64)
 
 

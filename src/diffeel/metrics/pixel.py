@@ -200,7 +200,7 @@ def _exact_float(scores: np.ndarray) -> np.ndarray:
 
 
 class _LabelCoder:
-    """Maps label values to codes 0 inlier / 1 anomaly / 2 void, rejecting unmapped values."""
+    """Maps label values to codes (inlier, anomaly, void), rejecting values with no mapping."""
 
     def __init__(self, label_map: Mapping | None):
         self.label_map = dict(label_map or {})
@@ -247,8 +247,8 @@ class _LabelCoder:
             if low < 0 or high >= 1 << 16:
                 bad = low if low < 0 else high
                 raise ValueError(f"label map contains the value {bad}, outside 0..65535")
-            labels = labels.astype(np.uint8 if high < 256 else np.int64, copy=False)
-            size = 256 if high < 256 else high + 1
+            labels = labels.astype(np.uint8 if high < 256 else np.intp, copy=False)
+            size = 256 if high < 256 else 1 << 16
         else:
             size = 256
         codes = np.take(self.table(size), labels)
