@@ -56,6 +56,75 @@ def _score_command(args: argparse.Namespace) -> None:
     print(f"wrote {written} score map(s) to {out_dir}" + (f", kept {skipped} existing" if skipped else ""))
 
 
+DEFAULT_GROUPS = {"comsamy": "weather,landform", "smiyc-obstacle": "weather,scene", "laf": "scene"}
+
+
+def _benchmark_frames(args: argparse.Namespace):
+    from .data.benchmarks import load_benchmark
+    from .labels import LabelMapping
+
+    label_map = LabelMapping.parse(args.label_map) if getattr(args, "label_map", None) else None
+    return load_benchmark(args.benchmark, args.root, images=args.images, labels=args.labels, label_map=label_map)
+
+
+def _eval_command(args: argparse.Namespace) -> None:
+    from .evaluation import EvalOptions, evaluate
+    from .report import plots
+    from .report.output import atomic_output_dir, write_json
+    from .report.tables import run_table_csv, run_table_markdown
+
+    frames = _benchmark_frames(args)
+    group_by = args.group_by if args.group_by is not None else DEFAULT_GROUPS.get(args.benchmark, "")
+    options = EvalOptions(
+        group_by=tuple(g for g in group_by.split(",") if g),
+        protocol=args.protocol,
+        resize=args.resize,
+        components=args.components,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        jobs=args.jobs,
+        progress=not args.quiet,
+    )
+    results, curves = evaluate(frames, args.scores, options)
+    method = args.method or Path(args.scores).stem
+    results = {"method": method, "benchmark": args.benchmark, "protocol": args.protocol, **results}
+    results["config"] = {
+        "root": str(args.root),
+        "scores": str(args.scores),
+        "group_by": list(options.group_by),
+        "resize": args.resize,
+        "components": args.components,
+        "bootstrap": args.bootstrap,
+        "seed": args.seed,
+        "n_frames": len(frames),
+    }
+    with atomic_output_dir(args.out) as staging:
+        write_json(staging / "results.json", results)
+        (staging / "results.csv").write_text(run_table_csv(results))
+        header = f"# {method} on {args.benchmark}\n\nProtocol: {args.protocol}; void pixels excluded; percent.\n\n"
+        (staging / "table.md").write_text(header + run_table_markdown(results))
+        plots.save(plots.curves_figure({method: curves}), staging / "curves.png")
+        if results["groups"]:
+            plots.save(plots.group_bars_figure(results), staging / "groups.png")
+    overall = results["all"]
+    print(
+        f"{method} on {args.benchmark} ({len(frames)} frames): AUPRC {100 * overall['auprc']:.2f}  "
+        f"FPR95 {100 * overall['fpr95']:.2f}  AUROC {100 * overall['auroc']:.2f}  → {args.out}"
+        if overall["n_anomaly"] and overall["n_pixels"] > overall["n_anomaly"]
+        else f"{method} on {args.benchmark}: metrics undefined (no anomaly or no inlier pixels) → {args.out}"
+    )
+
+
+def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    from .data.benchmarks import BENCHMARKS
+
+    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="benchmark layout")
+    parser.add_argument("--root", required=True, help="benchmark root folder")
+    parser.add_argument("--images", help="image folder (folder benchmark: relative to --root; fs-laf/fs-static: dataset root)")
+    parser.add_argument("--labels", help="label folder relative to --root (folder benchmark; default labels_masks)")
+    parser.add_argument("--label-map", help="label value mapping for the folder benchmark, e.g. 2:1,0:0,*:255")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .scores import SCORES
 
@@ -83,6 +152,29 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(handler=_score_command)
+
+    from .metrics import PROTOCOLS
+
+    evaluation = commands.add_parser(
+        "eval",
+        help="evaluate score maps on a benchmark: pooled AUPRC / FPR95 / AUROC, per group",
+        description="Evaluate one score map per frame (same stem as the frame id; .npy, .npz, .h5) on a "
+        "benchmark. Writes results.json (fractions), results.csv, table.md (percent), curves.png and "
+        "groups.png to --out, all at once or not at all.",
+    )
+    _add_benchmark_arguments(evaluation)
+    evaluation.add_argument("--scores", required=True, help="folder of score files, or one .npz/.h5 holding all frames by id")
+    evaluation.add_argument("--out", required=True, help="output folder")
+    evaluation.add_argument("--method", help="method name in tables (default: the scores folder name)")
+    evaluation.add_argument("--group-by", help="metadata fields to group by, e.g. weather,landform (default per benchmark)")
+    evaluation.add_argument("--protocol", choices=sorted(PROTOCOLS), default="pooled", help="metric protocol (default pooled)")
+    evaluation.add_argument("--resize", choices=("nearest", "bilinear"), help="resize score maps to the label size")
+    evaluation.add_argument("--components", choices=("anomaly", "obstacle"), help="also component metrics (SMIYC track rules)")
+    evaluation.add_argument("--bootstrap", type=int, default=0, metavar="N", help="N bootstrap resamples for intervals")
+    evaluation.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    evaluation.add_argument("--jobs", type=int, default=1, help="worker processes (results identical to 1)")
+    evaluation.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluation.set_defaults(handler=_eval_command)
     return parser
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 VOID = 255
 ANOMALY_TRAIN_ID = 254
 INLIER = 0
@@ -52,8 +54,6 @@ TRAIN_ID = {c.name: c.train_id for c in CITYSCAPES_CLASSES}
 
 def label_id_to_train_id_table():
     """A 256-entry lookup table from Cityscapes ``labelIds`` to train ids (unlisted ids → VOID)."""
-    import numpy as np
-
     table = np.full(256, VOID, dtype=np.uint8)
     for cls in CITYSCAPES_CLASSES:
         table[cls.label_id] = cls.train_id
@@ -62,10 +62,93 @@ def label_id_to_train_id_table():
 
 def train_id_palette():
     """A 256×3 uint8 colour table for train-id maps; void black, pasted anomalies white."""
-    import numpy as np
-
     palette = np.zeros((256, 3), dtype=np.uint8)
     for cls in CITYSCAPES_CLASSES:
         palette[cls.train_id] = cls.color
     palette[ANOMALY_TRAIN_ID] = (255, 255, 255)
     return palette
+
+
+UNMAPPED = 2  # marker in lookup tables: a stored value with no mapping (an error when met)
+
+
+class LabelMapping:
+    """Maps stored label values to evaluation labels 0 (inlier), 1 (anomaly), 255 (void).
+
+    ``{2: 1, 0: 0, "*": 255}`` or ``LabelMapping.parse("2:1,0:0,*:255")``. Values not mapped keep
+    their meaning if they are 0, 1 or 255; anything else is an error unless ``"*"`` maps it.
+    """
+
+    MAX_VALUE = (1 << 16) - 1
+
+    def __init__(self, mapping=None):
+        mapping = dict(mapping or {})
+        default = mapping.pop("*", None)
+        for source, target in mapping.items():
+            if isinstance(source, bool) or not isinstance(source, (int, np.integer)) or not 0 <= source <= self.MAX_VALUE:
+                raise ValueError(f"label_map keys must be integers in 0..{self.MAX_VALUE} or '*', got {source!r}")
+            self._check_target(target)
+        if default is not None:
+            self._check_target(default)
+        self.mapping = {int(k): int(v) for k, v in mapping.items()}
+        self.default = default
+        self._tables: dict[int, np.ndarray] = {}
+
+    @staticmethod
+    def _check_target(target) -> None:
+        if target not in EVAL_LABEL_VALUES:
+            raise ValueError(f"label_map targets must be 0, 1 or 255, got {target!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "LabelMapping":
+        mapping = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            source, sep, target = item.partition(":")
+            if not sep:
+                raise ValueError(f"label map entry {item!r} is not of the form value:target")
+            try:
+                key = "*" if source.strip() == "*" else int(source)
+                mapping[key] = int(target)
+            except ValueError:
+                raise ValueError(f"label map entry {item!r} is not of the form value:target") from None
+        return cls(mapping)
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.mapping and self.default is None
+
+    def table(self, size: int) -> np.ndarray:
+        """A lookup table over stored values ``0..size-1``; ``UNMAPPED`` where nothing applies."""
+        if size not in self._tables:
+            table = np.full(size, UNMAPPED if self.default is None else self.default, dtype=np.uint8)
+            if self.default is None:
+                for value in EVAL_LABEL_VALUES:
+                    if value < size:
+                        table[value] = value
+            for source, target in self.mapping.items():
+                if source < size:
+                    table[source] = target
+            self._tables[size] = table
+        return self._tables[size]
+
+    def apply(self, labels: np.ndarray) -> np.ndarray:
+        """Stored labels → uint8 evaluation labels; a ValueError names unmapped values."""
+        labels = np.asarray(labels)
+        if labels.dtype.kind == "b":
+            return labels.astype(np.uint8)
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"label maps must hold integers, got dtype {labels.dtype}")
+        if labels.size and (int(labels.min()) < 0 or int(labels.max()) > self.MAX_VALUE):
+            bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+            raise ValueError(f"label map contains the value {bad}, outside 0..{self.MAX_VALUE}")
+        small = labels.dtype == np.uint8 or (labels.size and int(labels.max()) < 256)
+        labels = labels.astype(np.uint8 if small else np.intp, copy=False)
+        mapped = np.take(self.table(256 if small else self.MAX_VALUE + 1), labels)
+        if (mapped == UNMAPPED).any():
+            bad = np.unique(labels[mapped == UNMAPPED])
+            shown = ", ".join(str(v) for v in bad[:8]) + (", …" if len(bad) > 8 else "")
+            raise ValueError(
+                f"label map contains values outside {{0, 1, 255}} with no mapping for them: {shown} "
+                "(give a label map, e.g. 2:1,*:255)"
+            )
+        return mapped

@@ -27,7 +27,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..labels import ANOMALY, INLIER, VOID
+from ..labels import LabelMapping
 from ._counts import (
     FLOAT16_PATTERNS,
     KINDS,
@@ -44,8 +44,8 @@ from ._counts import (
 __all__ = ["Protocol", "PROTOCOLS", "PixelMetrics", "pixel_metrics", "UndefinedMetricWarning", "metrics_from_counts"]
 
 TPR_TARGET_NUM, TPR_TARGET_DEN = 19, 20  # 0.95 as an exact integer ratio
-# Codes after label mapping. VOID & 3 == 3, so {0, 1, 255} maps to codes by a bit mask.
-_CODE_INLIER, _CODE_ANOMALY, _CODE_INVALID, _CODE_VOID = 0, 1, 2, 3
+# Codes after label mapping: VOID & 3 == 3, so {0, 1, 255} maps to codes by a bit mask.
+_CODE_INLIER, _CODE_ANOMALY, _CODE_VOID = 0, 1, 3
 
 
 class UndefinedMetricWarning(UserWarning):
@@ -200,66 +200,17 @@ def _exact_float(scores: np.ndarray) -> np.ndarray:
 
 
 class _LabelCoder:
-    """Maps label values to codes (inlier, anomaly, void), rejecting values with no mapping."""
+    """Maps label values to codes: mapped value & 3 = 0 inlier, 1 anomaly, 3 void (255 & 3)."""
 
-    def __init__(self, label_map: Mapping | None):
-        self.label_map = dict(label_map or {})
-        default = self.label_map.pop("*", None)
-        for source, target in self.label_map.items():
-            if not isinstance(source, (int, np.integer)) or source < 0:
-                raise ValueError(f"label_map keys must be non-negative integers or '*', got {source!r}")
-            self._code_of(target)
-        self.default_code = None if default is None else self._code_of(default)
-        self._tables: dict[int, np.ndarray] = {}
-
-    @staticmethod
-    def _code_of(target) -> int:
-        codes = {INLIER: _CODE_INLIER, ANOMALY: _CODE_ANOMALY, VOID: _CODE_VOID}
-        if target not in codes:
-            raise ValueError(f"label_map targets must be 0, 1 or 255, got {target!r}")
-        return codes[target]
-
-    def table(self, size: int) -> np.ndarray:
-        if size not in self._tables:
-            fallback = _CODE_INVALID if self.default_code is None else self.default_code
-            table = np.full(size, fallback, dtype=np.uint8)
-            if self.default_code is None:
-                for value, code in ((INLIER, _CODE_INLIER), (ANOMALY, _CODE_ANOMALY), (VOID, _CODE_VOID)):
-                    if value < size:
-                        table[value] = code
-            for source, target in self.label_map.items():
-                if source < size:
-                    table[source] = self._code_of(target)
-            self._tables[size] = table
-        return self._tables[size]
+    def __init__(self, label_map: Mapping | LabelMapping | None):
+        self.mapping = label_map if isinstance(label_map, LabelMapping) else LabelMapping(label_map)
 
     def encode(self, labels: np.ndarray) -> np.ndarray:
-        if labels.dtype.kind == "b":
-            labels = labels.view(np.uint8)
-        if labels.dtype.kind not in "iu":
-            raise TypeError(f"label maps must hold integers, got dtype {labels.dtype}")
         # Fast path: uint8 labels already in {0, 1, 255} (x + 1 wraps 255 to 0, so valid means ≤ 2).
-        if not self.label_map and self.default_code is None and labels.dtype == np.uint8:
+        if self.mapping.is_identity and labels.dtype == np.uint8:
             if labels.size == 0 or (labels + np.uint8(1)).max() <= 2:
                 return labels & np.uint8(3)
-        if labels.dtype != np.uint8:
-            low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
-            if low < 0 or high >= 1 << 16:
-                bad = low if low < 0 else high
-                raise ValueError(f"label map contains the value {bad}, outside 0..65535")
-            labels = labels.astype(np.uint8 if high < 256 else np.intp, copy=False)
-            size = 256 if high < 256 else 1 << 16
-        else:
-            size = 256
-        codes = np.take(self.table(size), labels)
-        if (codes == _CODE_INVALID).any():
-            bad = np.unique(labels[codes == _CODE_INVALID])
-            shown = ", ".join(str(v) for v in bad[:8]) + (", …" if len(bad) > 8 else "")
-            raise ValueError(
-                f"label map contains values outside {{0, 1, 255}} with no mapping for them: {shown} "
-                "(pass label_map, e.g. {2: 1, '*': 255})"
-            )
-        return codes
+        return self.mapping.apply(labels) & np.uint8(3)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,216 @@
+"""Evaluating score maps on a benchmark: pooled metrics overall and per condition group.
+
+Flow: benchmark frames (``diffeel.data``) + score maps on disk → exact streaming metrics
+(``diffeel.metrics``) for the whole set and for every group of frames sharing a metadata value
+(weather, landform, scene, …) → a results dict that ``diffeel.report`` turns into files. With
+``jobs > 1`` frames are split into chunks evaluated in worker processes whose metric states are
+merged in chunk order — exact, so the numbers equal a single-process run.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from .data.benchmarks import ADVERSE_WEATHERS, Frame
+from .data.score_maps import ScoreMaps
+from .errors import DiffeelError
+from .metrics import PixelMetrics, Protocol
+
+ALL = ("all", "all")
+METRIC_KEYS = ("auprc", "fpr95", "auroc")
+
+
+@dataclass
+class EvalOptions:
+    group_by: tuple[str, ...] = ("weather",)
+    protocol: str = "pooled"
+    resize: str | None = None  # None (shapes must match) | "nearest" | "bilinear"
+    components: str | None = None  # None | "anomaly" | "obstacle"
+    bootstrap: int = 0
+    seed: int = 0
+    jobs: int = 1
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def group_keys(metadata: dict, group_by) -> list[tuple[str, str]]:
+    """The (field, value) groups a frame belongs to; weather also gives clear/adverse."""
+    keys = []
+    for name in group_by:
+        value = metadata.get(name)
+        if value in (None, ""):
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            keys.append((name, str(item)))
+        if name == "weather":
+            keys.append(("condition", "adverse" if value in ADVERSE_WEATHERS else "clear"))
+    return keys
+
+
+def load_pair(frame: Frame, scores: ScoreMaps, resize: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(score map, label map in 0/1/255) of a frame, shapes checked."""
+    label = frame.load_label()
+    score = scores.load(frame.id)
+    if score.shape != label.shape:
+        if resize is None:
+            raise DiffeelError(
+                f"score map of frame {frame.id} has shape {score.shape} but its label {label.shape} "
+                "(pass --resize nearest or --resize bilinear to resize scores)"
+            )
+        import cv2
+
+        interpolation = cv2.INTER_NEAREST if resize == "nearest" else cv2.INTER_LINEAR
+        working = score.astype(np.float32) if score.dtype not in (np.float32, np.float64) else score
+        score = cv2.resize(working, (label.shape[1], label.shape[0]), interpolation=interpolation)
+    return score, label
+
+
+def _update(metrics: PixelMetrics, frame: Frame, score: np.ndarray, label: np.ndarray) -> None:
+    try:
+        metrics.update(score, label)
+    except ValueError as error:
+        raise DiffeelError(f"frame {frame.id}: {error}") from None
+
+
+def evaluate_frames(frames: list[Frame], scores_path: str, options: EvalOptions, progress=None) -> dict:
+    """Metric states for one chunk of frames: ``{"groups": {(field, value): PixelMetrics}, ...}``."""
+    scores = ScoreMaps(scores_path)
+    groups: dict[tuple[str, str], PixelMetrics] = {}
+    bootstrap = None
+    if options.bootstrap:
+        from .metrics.bootstrap import BootstrapAccumulator, image_histogram
+
+        bootstrap = BootstrapAccumulator()
+    for frame in frames:
+        score, label = load_pair(frame, scores, options.resize)
+        for key in [ALL, *group_keys(frame.metadata, options.group_by)]:
+            if key not in groups:
+                groups[key] = PixelMetrics(options.protocol, name=key[1] if key != ALL else "all")
+            _update(groups[key], frame, score, label)
+        if bootstrap is not None:
+            bootstrap.add(image_histogram(score, label), image_id=frame.id)
+        if progress is not None:
+            progress.update(1)
+    return {"groups": groups, "bootstrap": bootstrap}
+
+
+def _merge_states(states: list[dict]) -> dict:
+    merged = states[0]
+    for state in states[1:]:
+        for key, metrics in state["groups"].items():
+            if key in merged["groups"]:
+                merged["groups"][key].merge(metrics)
+            else:
+                merged["groups"][key] = metrics
+        if merged["bootstrap"] is not None:
+            merged["bootstrap"].merge(state["bootstrap"])
+    return merged
+
+
+def _chunks(items: list, count: int) -> list[list]:
+    size = -(-len(items) // count)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _run_parallel(function, chunks: list, arguments: tuple, jobs: int, progress) -> list:
+    """``function(chunk, *arguments)`` per chunk in worker processes, results in chunk order."""
+    if jobs <= 1 or len(chunks) <= 1:
+        return [function(chunk, *arguments, progress) for chunk in chunks]
+    results = [None] * len(chunks)
+    # spawn, not fork: the parent may hold torch thread pools that a forked child must not inherit.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(function, chunk, *arguments, None): index for index, chunk in enumerate(chunks)}
+        for future in futures:
+            results[futures[future]] = future.result()
+            if progress is not None:
+                progress.update(len(chunks[futures[future]]))
+    return results
+
+
+def component_states(frames: list[Frame], scores_path: str, options: EvalOptions, threshold: float, progress=None):
+    from .metrics.components import ComponentMetrics
+
+    scores = ScoreMaps(scores_path)
+    metrics = ComponentMetrics(track=options.components)
+    for frame in frames:
+        score, label = load_pair(frame, scores, options.resize)
+        metrics.update(score, label, threshold)
+        if progress is not None:
+            progress.update(1)
+    return metrics
+
+
+def _summary(metrics: PixelMetrics) -> dict:
+    import warnings
+
+    from .metrics import UndefinedMetricWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # reported per group as NaN + a note
+        result = metrics.compute()
+    result["n_frames"] = result.pop("n_images")
+    return result
+
+
+def evaluate(frames: list[Frame], scores_path, options: EvalOptions | None = None) -> tuple[dict, dict]:
+    """Evaluate ``frames`` against the score maps at ``scores_path``.
+
+    Returns ``(results, curves)``: results as plain data (fractions; ``results["all"]`` pooled over
+    every frame, ``results["groups"][field][value]`` per group) and the exact curves of the whole
+    set for plotting.
+    """
+    from tqdm import tqdm
+
+    options = options or EvalOptions()
+    Protocol.resolve(options.protocol)  # fail early on a bad protocol name
+    scores_path = str(scores_path)
+    ScoreMaps(scores_path).check([frame.id for frame in frames])
+    jobs = max(1, options.jobs)
+    chunks = _chunks(frames, jobs * 4 if jobs > 1 else 1)
+    timings = {}
+
+    started = time.perf_counter()
+    with tqdm(total=len(frames), desc="pixel metrics", unit="frame", disable=not options.progress) as bar:
+        states = _run_parallel(evaluate_frames, chunks, (scores_path, options), jobs, bar)
+    state = _merge_states(states)
+    timings["pixel_metrics_s"] = time.perf_counter() - started
+
+    groups = state["groups"]
+    results = {"all": _summary(groups[ALL]), "groups": {}}
+    for (name, value), metrics in sorted(groups.items()):
+        if (name, value) != ALL:
+            results["groups"].setdefault(name, {})[value] = _summary(metrics)
+    if "condition" in results["groups"]:
+        results["groups"]["condition"]["whole"] = results["all"]
+    undefined = [f"{n}={v}" for n, values in results["groups"].items() for v, m in values.items() if np.isnan(m["auprc"])]
+    if np.isnan(results["all"]["auprc"]):
+        undefined.insert(0, "all")
+    if undefined:
+        results["undefined"] = undefined
+
+    if options.components and not np.isnan(results["all"]["best_f1_threshold"]):
+        started = time.perf_counter()
+        threshold = results["all"]["best_f1_threshold"]
+        with tqdm(total=len(frames), desc="components", unit="frame", disable=not options.progress) as bar:
+            component_parts = _run_parallel(component_states, chunks, (scores_path, options, threshold), jobs, bar)
+        components = component_parts[0]
+        for part in component_parts[1:]:
+            components.merge(part)
+        results["all"]["components"] = {"threshold": threshold, "track": options.components, **components.compute()}
+        timings["components_s"] = time.perf_counter() - started
+
+    if state["bootstrap"] is not None:
+        started = time.perf_counter()
+        results["all"]["bootstrap"] = state["bootstrap"].intervals(
+            n_resamples=options.bootstrap, seed=options.seed, protocol=options.protocol
+        )
+        timings["bootstrap_s"] = time.perf_counter() - started
+
+    results["timings"] = timings
+    return results, groups[ALL].curves()

@@ -1,0 +1,1 @@
+"""Turning results into files: tables (Markdown, LaTeX, CSV), plots and an HTML report."""
