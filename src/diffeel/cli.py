@@ -68,6 +68,8 @@ def _benchmark_frames(args: argparse.Namespace):
 
 
 def _eval_command(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from .evaluation import EvalOptions, evaluate
     from .report import plots
     from .report.output import atomic_output_dir, write_json
@@ -104,6 +106,7 @@ def _eval_command(args: argparse.Namespace) -> None:
         header = f"# {method} on {args.benchmark}\n\nProtocol: {args.protocol}; void pixels excluded; percent.\n\n"
         (staging / "table.md").write_text(header + run_table_markdown(results))
         plots.save(plots.curves_figure({method: curves}), staging / "curves.png")
+        np.savez_compressed(staging / "curves.npz", **plots.thinned_curves(curves))
         if results["groups"]:
             plots.save(plots.group_bars_figure(results), staging / "groups.png")
     overall = results["all"]
@@ -113,6 +116,36 @@ def _eval_command(args: argparse.Namespace) -> None:
         if overall["n_anomaly"] and overall["n_pixels"] > overall["n_anomaly"]
         else f"{method} on {args.benchmark}: metrics undefined (no anomaly or no inlier pixels) → {args.out}"
     )
+
+
+def _compare_command(args: argparse.Namespace) -> None:
+    from .report.compare import comparison_files, load_runs
+    from .report.output import atomic_output_dir
+
+    runs = load_runs(args.runs)
+    files = comparison_files(runs)
+    with atomic_output_dir(args.out) as staging:
+        for name, text in files.items():
+            (staging / name).write_text(text)
+    print(files["comparison.md"], end="")
+    print(f"wrote {', '.join(sorted(files))} to {args.out}")
+
+
+def _stats_command(args: argparse.Namespace) -> None:
+    from .data.stats import benchmark_stats, stats_markdown
+    from .report import plots
+    from .report.output import atomic_output_dir, write_json
+
+    frames = _benchmark_frames(args)
+    stats, material = benchmark_stats(frames, progress=not args.quiet)
+    text = stats_markdown(args.benchmark, stats)
+    if args.out:
+        with atomic_output_dir(args.out) as staging:
+            write_json(staging / "stats.json", stats)
+            (staging / "stats.md").write_text(text)
+            plots.save(plots.heatmap_figure(material["heatmap"], f"{args.benchmark}: where anomalies lie"), staging / "heatmap.png")
+            plots.save(plots.histograms_figure(material["anomaly_percent"], material["component_sizes"]), staging / "sizes.png")
+    print(text, end="")
 
 
 def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
@@ -175,6 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--jobs", type=int, default=1, help="worker processes (results identical to 1)")
     evaluation.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluation.set_defaults(handler=_eval_command)
+
+    compare = commands.add_parser(
+        "compare",
+        help="tabulate several eval runs: methods × benchmarks (Markdown, LaTeX, CSV, HTML)",
+        description="Read the results.json of each run folder and write comparison.md/.tex/.csv "
+        "(Table III shape, with averages), conditions.md (Table II shape, ComsAmy runs) and a "
+        "self-contained report.html with the curves.",
+    )
+    compare.add_argument("runs", nargs="+", help="folders written by diffeel eval")
+    compare.add_argument("--out", required=True, help="output folder")
+    compare.set_defaults(handler=_compare_command)
+
+    stats = commands.add_parser(
+        "stats",
+        help="benchmark statistics: frames, resolutions, anomaly share, components, heat map",
+        description="Table I / Figure 2 for any benchmark. Prints a Markdown table; with --out also "
+        "writes stats.json, stats.md, heatmap.png and sizes.png.",
+    )
+    _add_benchmark_arguments(stats)
+    stats.add_argument("--out", help="output folder (optional)")
+    stats.add_argument("--quiet", action="store_true", help="no progress bar")
+    stats.set_defaults(handler=_stats_command)
     return parser
 
 

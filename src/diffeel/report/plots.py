@@ -73,3 +73,50 @@ def svg(figure) -> str:
     plt.close(figure)
     text = buffer.getvalue()
     return text[text.index("<svg") :]
+
+
+def thinned_curves(curves: dict) -> dict:
+    """Curves small enough to store beside results (for later comparison plots)."""
+    return _thin(curves)
+
+
+def methods_by_group_figure(runs: dict[str, dict], field: str, order=None):
+    """Grouped bars: AUPRC and FPR95 per group value (e.g. weather), one bar per method (Figure 8)."""
+    values = list(order or dict.fromkeys(v for r in runs.values() for v in r.get("groups", {}).get(field, {})))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    width = 0.8 / max(len(runs), 1)
+    positions = np.arange(len(values))
+    for index, (method, results) in enumerate(runs.items()):
+        group = results.get("groups", {}).get(field, {})
+        for axis, key in zip(axes, ("auprc", "fpr95")):
+            heights = [100 * (group.get(v, {}).get(key) or 0) for v in values]
+            axis.bar(positions + index * width - 0.4 + width / 2, heights, width, label=method)
+    for axis, title in zip(axes, ("AUPRC % ↑", "FPR95 % ↓")):
+        axis.set_xticks(positions, values, rotation=30)
+        axis.set(title=f"{title} by {field}", ylim=(0, 100))
+        axis.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def heatmap_figure(heatmap: np.ndarray, title: str):
+    figure, axis = plt.subplots(figsize=(6, 3.4))
+    shown = axis.imshow(heatmap, cmap="inferno", vmin=0, aspect="auto")
+    axis.set(title=title, xticks=[], yticks=[])
+    figure.colorbar(shown, ax=axis, label="share of frames with an anomaly here")
+    figure.tight_layout()
+    return figure
+
+
+def histograms_figure(anomaly_percent: list[float], component_sizes: list[int]):
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.hist(anomaly_percent, bins=20, color="#4C72B0")
+    left.set(xlabel="anomaly pixels per frame (% of non-void)", ylabel="frames", title="Anomaly size per frame")
+    if component_sizes:
+        bins = np.logspace(0, np.log10(max(component_sizes) + 1), 20)
+        right.hist(component_sizes, bins=bins, color="#DD8452")
+        right.set_xscale("log")
+    right.set(xlabel="component size (pixels)", ylabel="components", title="Anomaly components")
+    figure.tight_layout()
+    return figure
