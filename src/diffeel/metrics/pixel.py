@@ -116,10 +116,11 @@ def metrics_from_counts(
     """
     true_pos = np.cumsum(anomaly_counts)
     n_anomaly = int(true_pos[-1])
+    anomaly_weights = anomaly_counts.astype(np.float64)  # exact below 2**53; float dots are BLAS-fast
     precision = true_pos / (true_pos + inliers_at_least)
 
     if protocol.auprc == "step":
-        auprc = float(np.dot(anomaly_counts, precision) / n_anomaly)
+        auprc = float(np.dot(anomaly_weights, precision) / n_anomaly)
     else:
         # Trapezoids of sklearn's PR curve: each recall step ends at an anomaly score and starts at
         # the next higher threshold (or at the (0, 1) anchor when no pixel scores higher).
@@ -145,7 +146,7 @@ def metrics_from_counts(
         false_pos = lowest_threshold_false_pos[fpr95_index]
 
     inliers_below = n_inlier - inliers_at_least
-    auroc = float(np.dot(anomaly_counts, inliers_below + 0.5 * inliers_equal) / (n_anomaly * n_inlier))
+    auroc = float(np.dot(anomaly_weights, inliers_below + 0.5 * inliers_equal) / (n_anomaly * n_inlier))
 
     f1 = 2 * true_pos / (true_pos + inliers_at_least + n_anomaly)
     best_f1_index = int(np.argmax(f1))
