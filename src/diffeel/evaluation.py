@@ -10,9 +10,7 @@ merged in chunk order — exact, so the numbers equal a single-process run.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 
 import numpy as np
 
@@ -20,6 +18,7 @@ from .data.benchmarks import ADVERSE_WEATHERS, Frame
 from .data.score_maps import ScoreMaps
 from .errors import DiffeelError
 from .metrics import PixelMetrics, Protocol
+from .parallel import run_chunks, split
 
 ALL = ("all", "all")
 METRIC_KEYS = ("auprc", "fpr95", "auroc")
@@ -112,26 +111,6 @@ def _merge_states(states: list[dict]) -> dict:
     return merged
 
 
-def _chunks(items: list, count: int) -> list[list]:
-    size = -(-len(items) // count)
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _run_parallel(function, chunks: list, arguments: tuple, jobs: int, progress) -> list:
-    """``function(chunk, *arguments)`` per chunk in worker processes, results in chunk order."""
-    if jobs <= 1 or len(chunks) <= 1:
-        return [function(chunk, *arguments, progress) for chunk in chunks]
-    results = [None] * len(chunks)
-    # spawn, not fork: the parent may hold torch thread pools that a forked child must not inherit.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(function, chunk, *arguments, None): index for index, chunk in enumerate(chunks)}
-        for future in futures:
-            results[futures[future]] = future.result()
-            if progress is not None:
-                progress.update(len(chunks[futures[future]]))
-    return results
-
-
 def component_states(frames: list[Frame], scores_path: str, options: EvalOptions, threshold: float, progress=None):
     from .metrics.components import ComponentMetrics
 
@@ -171,12 +150,12 @@ def evaluate(frames: list[Frame], scores_path, options: EvalOptions | None = Non
     scores_path = str(scores_path)
     ScoreMaps(scores_path).check([frame.id for frame in frames])
     jobs = max(1, options.jobs)
-    chunks = _chunks(frames, jobs * 4 if jobs > 1 else 1)
+    chunks = split(frames, jobs * 4 if jobs > 1 else 1)
     timings = {}
 
     started = time.perf_counter()
     with tqdm(total=len(frames), desc="pixel metrics", unit="frame", disable=not options.progress) as bar:
-        states = _run_parallel(evaluate_frames, chunks, (scores_path, options), jobs, bar)
+        states = run_chunks(evaluate_frames, chunks, (scores_path, options), jobs, bar)
     state = _merge_states(states)
     timings["pixel_metrics_s"] = time.perf_counter() - started
 
@@ -197,7 +176,7 @@ def evaluate(frames: list[Frame], scores_path, options: EvalOptions | None = Non
         started = time.perf_counter()
         threshold = results["all"]["best_f1_threshold"]
         with tqdm(total=len(frames), desc="components", unit="frame", disable=not options.progress) as bar:
-            component_parts = _run_parallel(component_states, chunks, (scores_path, options, threshold), jobs, bar)
+            component_parts = run_chunks(component_states, chunks, (scores_path, options, threshold), jobs, bar)
         components = component_parts[0]
         for part in component_parts[1:]:
             components.merge(part)

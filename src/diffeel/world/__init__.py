@@ -1,0 +1,1 @@
+"""The embedded world: procedural road scenes with exact labels and depth (diffeel's default data)."""

@@ -1,0 +1,210 @@
+"""Writing the embedded world to disk: a ComsAmy-format test benchmark and a training split.
+
+Layout under ``--out``::
+
+    world.json                      settings (a rerun must use the same ones)
+    test/images/{id}.png            every weather and landform, unseen anomalies (animals)
+    test/labels/{id}.png            0 inlier, 1 anomaly, 255 void (ComsAmy rules)
+    test/manifest.csv               id, weather, landform, anomalies, seed, severity
+    train/images/{id}.png           clear weather, no anomalies
+    train/labels/{id}.png           Cityscapes train ids, 255 void
+    train/depth/{id}.npy            metric depth, float16
+    train/manifest.csv              id, landform, seed
+    train/objects/{kind}_{k}.png    RGBA cut-outs of the training anomaly family (debris)
+    train/objects/objects.csv       file, kind, family, min_height_m, max_height_m
+
+Every frame has its own seed derived from (world seed, split, index), so the output does not
+depend on ``--jobs`` or on which frames already exist. Files are written through temporary names,
+and a rerun skips frames whose files are all present: an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.arrays import save_array_atomic
+from ..data.benchmarks import LANDFORMS, WEATHERS
+from ..data.images import write_image_atomic
+from ..errors import DiffeelError
+from ..labels import ANOMALY, INLIER, VOID
+from ..parallel import run_chunks, split
+from . import shapes
+from .scene import Scene, render_scene
+
+ANIMALS = [k.name for k in shapes.ANOMALY_KINDS.values() if k.family == "animals"]
+DEBRIS = [k.name for k in shapes.ANOMALY_KINDS.values() if k.family == "debris"]
+MIN_ANOMALY_SHARE = 0.0004  # smaller anomalies do not matter in a collision: void (ComsAmy rule 3)
+OBJECT_HEIGHT_PX = 96
+OBJECTS_PER_KIND = 4
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    split: str
+    index: int
+    id: str
+    landform: str
+    weather: str
+    severity: int
+    seed: int
+    anomalies: tuple[str, ...] = ()
+    on_road: tuple[bool, ...] = ()
+
+
+def frame_seed(world_seed: int, split: str, index: int) -> int:
+    return int(np.random.SeedSequence([world_seed, {"test": 1, "train": 2, "objects": 3}[split], index]).generate_state(1)[0])
+
+
+def plan_test(world_seed: int, per_weather: int) -> list[FramePlan]:
+    """``per_weather`` frames per weather; landforms rotate so weathers × landforms stay balanced."""
+    plans = []
+    for weather_index, weather in enumerate(WEATHERS):
+        for k in range(per_weather):
+            index = len(plans)
+            seed = frame_seed(world_seed, "test", index)
+            rng = np.random.default_rng(seed)
+            n_road = int(rng.integers(1, 3))
+            n_off = int(rng.random() < 0.4)
+            names = tuple(str(n) for n in rng.choice(ANIMALS, n_road + n_off))
+            plans.append(FramePlan(
+                "test", index, f"{weather}_{index:04d}", LANDFORMS[(weather_index + k) % len(LANDFORMS)], weather,
+                0 if weather == "clear" else int(rng.integers(2, 5)), seed, names, (True,) * n_road + (False,) * n_off,
+            ))
+    return plans
+
+
+def plan_train(world_seed: int, count: int) -> list[FramePlan]:
+    return [
+        FramePlan("train", i, f"train_{i:05d}", LANDFORMS[i % len(LANDFORMS)], "clear", 0, frame_seed(world_seed, "train", i))
+        for i in range(count)
+    ]
+
+
+def evaluation_label(scene: Scene) -> np.ndarray:
+    """ComsAmy labels: an anomaly on the road and large enough is 1; other anomalies void; rest 0."""
+    label = np.full(scene.instances.shape, INLIER, np.uint8)
+    min_pixels = MIN_ANOMALY_SHARE * label.size
+    for anomaly in scene.anomalies:
+        pixels = scene.instances == anomaly.instance
+        label[pixels] = ANOMALY if anomaly.on_road and pixels.sum() >= min_pixels else VOID
+    return label
+
+
+def render_test_frame(plan: FramePlan, size) -> tuple[np.ndarray, np.ndarray, Scene]:
+    """(weathered image, label) of a test frame; rerolls the layout until an anomaly counts."""
+    from ..weather import apply_weather
+
+    for attempt in range(20):
+        scene = render_scene(plan.landform, [plan.seed, attempt], size, plan.anomalies, plan.on_road)
+        label = evaluation_label(scene)
+        if (label == ANOMALY).any():
+            break
+    else:  # pragma: no cover - the placement rules make this practically impossible
+        raise DiffeelError(f"could not place a visible anomaly in frame {plan.id}")
+    image = apply_weather(scene.image, plan.weather, severity=max(plan.severity, 1), seed=plan.seed, depth=scene.depth)
+    return image, label, scene
+
+
+def _frame_files(root: Path, plan: FramePlan) -> list[Path]:
+    split = root / plan.split
+    files = [split / "images" / f"{plan.id}.png", split / "labels" / f"{plan.id}.png"]
+    return files + ([split / "depth" / f"{plan.id}.npy"] if plan.split == "train" else [])
+
+
+def write_frame(root: str, plan: FramePlan, size: tuple[int, int]) -> bool:
+    """Render and write one frame unless all its files exist; True if it was written."""
+    root = Path(root)
+    files = _frame_files(root, plan)
+    if all(f.exists() for f in files):
+        return False
+    if plan.split == "test":
+        image, label, _ = render_test_frame(plan, size)
+        write_image_atomic(files[0], image)
+        write_image_atomic(files[1], label)
+    else:
+        scene = render_scene(plan.landform, plan.seed, size)
+        write_image_atomic(files[0], scene.image)
+        write_image_atomic(files[1], scene.train_ids)
+        save_array_atomic(files[2], scene.depth.astype(np.float16))
+    return True
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _manifest(plans: list[FramePlan], fields: list[str]) -> str:
+    stream = io.StringIO()
+    writer = csv.writer(stream)
+    writer.writerow(fields)
+    for plan in plans:
+        values = asdict(plan)
+        values["anomalies"] = "|".join(name for name, road in zip(plan.anomalies, plan.on_road) if road)
+        writer.writerow([values[f] for f in fields])
+    return stream.getvalue()
+
+
+def write_objects(root: Path, world_seed: int) -> int:
+    """RGBA cut-outs of the training anomaly family for copy-paste synthesis."""
+    folder = root / "train" / "objects"
+    rows = []
+    for k, name in enumerate(name for name in DEBRIS for _ in range(OBJECTS_PER_KIND)):
+        rng = np.random.default_rng(frame_seed(world_seed, "objects", k))
+        kind = shapes.ANOMALY_KINDS[name]
+        width = max(3, int(round(OBJECT_HEIGHT_PX * kind.aspect * rng.uniform(0.85, 1.15))))
+        sprite = shapes.anomaly_sprite(name, width, OBJECT_HEIGHT_PX, rng)
+        rgba = np.dstack([(sprite.rgb * 255 + 0.5).astype(np.uint8), sprite.mask.astype(np.uint8) * 255])
+        file = f"{name}_{k:03d}.png"
+        if not (folder / file).exists():
+            write_image_atomic(folder / file, rgba)
+        rows.append([file, name, kind.family, *kind.height_range])
+    stream = io.StringIO()
+    csv.writer(stream).writerows([["file", "kind", "family", "min_height_m", "max_height_m"], *rows])
+    _write_text_atomic(folder / "objects.csv", stream.getvalue())
+    return len(rows)
+
+
+def make_world(out, per_weather: int = 10, train: int = 200, size=(512, 256), seed: int = 0, jobs: int = 1,
+               progress: bool = True) -> dict:
+    """Write (or finish writing) the world under ``out``; returns counts of written/kept frames."""
+    from tqdm import tqdm
+
+    root = Path(out)
+    settings = {"seed": seed, "size": list(size), "per_weather": per_weather, "train": train, "format": 1}
+    marker = root / "world.json"
+    if marker.exists():
+        previous = json.loads(marker.read_text())
+        if {k: previous.get(k) for k in ("seed", "size", "format")} != {k: settings[k] for k in ("seed", "size", "format")}:
+            raise DiffeelError(f"{root} holds a world made with other settings ({marker.name}); choose another --out")
+    root.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(marker, json.dumps(settings, indent=2) + "\n")
+
+    test_plans, train_plans = plan_test(seed, per_weather), plan_train(seed, train)
+    plans = test_plans + train_plans
+    chunks = split(plans, jobs * 4) if jobs > 1 else [plans]
+    with tqdm(total=len(plans), desc="world", unit="frame", disable=not progress) as bar:
+        written = sum(sum(part) for part in run_chunks(_write_chunk, chunks, (str(root), tuple(size)), jobs, bar))
+    if test_plans:
+        _write_text_atomic(root / "test" / "manifest.csv", _manifest(test_plans, ["id", "weather", "landform", "anomalies", "seed", "severity"]))
+    if train_plans:
+        _write_text_atomic(root / "train" / "manifest.csv", _manifest(train_plans, ["id", "landform", "seed"]))
+    n_objects = write_objects(root, seed)
+    return {"written": written, "kept": len(plans) - written, "test": len(test_plans), "train": len(train_plans), "objects": n_objects}
+
+
+def _write_chunk(plans: list[FramePlan], root: str, size: tuple[int, int], progress=None) -> list[bool]:
+    results = []
+    for plan in plans:
+        results.append(write_frame(root, plan, size))
+        if progress is not None:
+            progress.update(1)
+    return results
