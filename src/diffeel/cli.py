@@ -148,6 +148,46 @@ def _stats_command(args: argparse.Namespace) -> None:
     print(text, end="")
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT") from None
+    if not (32 <= width <= 4096 and 16 <= height <= 2048):
+        raise argparse.ArgumentTypeError(f"size {text} is outside 32x16 .. 4096x2048")
+    return width, height
+
+
+def _world_make_command(args: argparse.Namespace) -> None:
+    from .world.make import make_world
+
+    counts = make_world(args.out, per_weather=args.per_weather, train=args.train, size=args.size, seed=args.seed,
+                        jobs=args.jobs, progress=not args.quiet)
+    print(f"world in {args.out}: {counts['test']} test frames ({args.per_weather} per weather), {counts['train']} "
+          f"training frames, {counts['objects']} training objects; wrote {counts['written']}, kept {counts['kept']}")
+
+
+def _world_preview_command(args: argparse.Namespace) -> None:
+    from .data.images import write_image_atomic
+    from .world.preview import contact_sheet
+
+    write_image_atomic(args.out, contact_sheet(seed=args.seed, size=args.size))
+    print(f"wrote {args.out}")
+
+
+def _weather_apply_command(args: argparse.Namespace) -> None:
+    from .weather_benchmark import benchmark_variant, folder_variant
+
+    if args.input:
+        count = folder_variant(args.input, args.condition, args.severity, args.seed, args.out, progress=not args.quiet)
+    elif args.benchmark and args.root:
+        frames = _benchmark_frames(args)
+        count = benchmark_variant(frames, args.condition, args.severity, args.seed, args.out, progress=not args.quiet)
+    else:
+        raise DiffeelError("give either --benchmark and --root, or --input FOLDER")
+    print(f"wrote {count} {args.condition} (severity {args.severity}) frame(s) to {args.out}")
+
+
 def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     from .data.benchmarks import BENCHMARKS
 
@@ -230,6 +270,51 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--out", help="output folder (optional)")
     stats.add_argument("--quiet", action="store_true", help="no progress bar")
     stats.set_defaults(handler=_stats_command)
+
+    world = commands.add_parser("world", help="the embedded world: procedural road scenes with exact labels")
+    world_commands = world.add_subparsers(dest="world_command", metavar="COMMAND", required=True)
+    make = world_commands.add_parser(
+        "make",
+        help="write a ComsAmy-format test benchmark and a training split",
+        description="Render the embedded world into --out: test/ (every weather × landform, unseen "
+        "anomaly family, labels 0/1/255, manifest.csv) and train/ (clear weather, train-id labels, "
+        "depth, and cut-outs of the training anomaly family). Rerunning resumes.",
+    )
+    make.add_argument("--out", required=True, help="output folder")
+    make.add_argument("--per-weather", type=int, default=10, help="test frames per weather (default 10)")
+    make.add_argument("--train", type=int, default=200, help="training frames (default 200)")
+    make.add_argument("--size", type=_size, default=(512, 256), help="WIDTHxHEIGHT (default 512x256)")
+    make.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    make.add_argument("--jobs", type=int, default=1, help="worker processes (same output whatever N)")
+    make.add_argument("--quiet", action="store_true", help="no progress bar")
+    make.set_defaults(handler=_world_make_command)
+    preview = world_commands.add_parser("preview", help="a contact sheet of scenes, labels and weathers")
+    preview.add_argument("--out", required=True, help="PNG file to write")
+    preview.add_argument("--size", type=_size, default=(384, 192), help="tile size WIDTHxHEIGHT (default 384x192)")
+    preview.add_argument("--seed", type=int, default=0)
+    preview.set_defaults(handler=_world_preview_command)
+
+    weather = commands.add_parser("weather", help="adverse-weather variants of any benchmark")
+    weather_commands = weather.add_subparsers(dest="weather_command", metavar="COMMAND", required=True)
+    apply = weather_commands.add_parser(
+        "apply",
+        help="turn a benchmark (or an image folder) into a weather variant",
+        description="Apply one weather condition to every image of a benchmark the evaluation reads "
+        "and write a ComsAmy-format benchmark (images/, labels/ in 0/1/255, manifest.csv) to --out; "
+        "or, with --input, to every image of a plain folder.",
+    )
+    apply.add_argument("--benchmark", help="benchmark layout (see diffeel eval --help)")
+    apply.add_argument("--root", help="benchmark root folder")
+    apply.add_argument("--images", help="image folder or dataset root, as for diffeel eval")
+    apply.add_argument("--labels", help="label folder relative to --root (folder benchmark)")
+    apply.add_argument("--label-map", help="label value mapping for the folder benchmark, e.g. 2:1,*:255")
+    apply.add_argument("--input", help="a plain folder of images instead of a benchmark")
+    apply.add_argument("--condition", required=True, help="rain, night, frost, fog, blizzard, sandstorm or clear")
+    apply.add_argument("--severity", type=int, default=3, help="1 (light) .. 5 (extreme), default 3")
+    apply.add_argument("--seed", type=int, default=0, help="seed of the random layers (per frame: seed + index)")
+    apply.add_argument("--out", required=True, help="output folder")
+    apply.add_argument("--quiet", action="store_true", help="no progress bar")
+    apply.set_defaults(handler=_weather_apply_command)
     return parser
 
 
