@@ -20,7 +20,8 @@ def _caption(tile: np.ndarray, text: str) -> np.ndarray:
 
 def contact_sheet(seed: int = 0, size=(384, 192)) -> np.ndarray:
     """Rows: the seven weathers (each on a different landform). Columns: the image, its semantic
-    layout in Cityscapes colours, and the evaluation label (anomaly red, void grey) over the scene."""
+    layout in Cityscapes colours (anomalies red, void anomalies white), and the evaluation label
+    over the clear scene (anomaly red, void grey)."""
     palette = train_id_palette()
     rows = []
     for index, weather in enumerate(WEATHERS):
@@ -29,7 +30,8 @@ def contact_sheet(seed: int = 0, size=(384, 192)) -> np.ndarray:
                          frame_seed(seed, "test", 10_000 + index), ("cow", "deer"), (True, False))
         image, label, scene = render_test_frame(plan, size)
         semantic = palette[scene.train_ids]
-        semantic[scene.instances > 0] = np.where((label[scene.instances > 0] == ANOMALY)[:, None], (255, 0, 0), (255, 255, 255))
+        semantic[label == ANOMALY] = (255, 0, 0)
+        semantic[label == VOID] = (255, 255, 255)
         overlay = scene.image.astype(np.float32) * 0.6
         overlay[label == ANOMALY] = (255, 40, 40)
         overlay[label == VOID] = (160, 160, 160)

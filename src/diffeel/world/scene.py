@@ -221,7 +221,7 @@ def render_scene(landform: str, seed, size=(512, 256), anomalies=(), anomaly_on_
     for kind, per_100m in form.objects.items():
         for _ in range(rng.poisson(per_100m * 1.2)):
             side = rng.choice([-1, 1])
-            object_depth = rng.uniform(8 if kind in ("tree", "conifer", "building") else 4, 120)
+            object_depth = rng.uniform(8 if kind in ("tree", "conifer", "building", "pole") else 4, 120)
             if kind == "fence":
                 _fence(canvas, camera, rng, side * (edge + rng.uniform(0.3, 1.5)) - offset, object_depth, rng.uniform(15, 60))
                 continue
