@@ -187,6 +187,8 @@ def make_world(out, per_weather: int = 10, train: int = 200, size=(512, 256), se
             raise DiffeelError(f"{root} holds a world made with other settings ({marker.name}); choose another --out")
     root.mkdir(parents=True, exist_ok=True)
     _write_text_atomic(marker, json.dumps(settings, indent=2) + "\n")
+    for stale in root.rglob(".*.tmp"):  # left by an interrupted run
+        stale.unlink()
 
     test_plans, train_plans = plan_test(seed, per_weather), plan_train(seed, train)
     plans = test_plans + train_plans
