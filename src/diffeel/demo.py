@@ -1,0 +1,172 @@
+"""The demo: the paper's experiment in miniature on the embedded world, on a CPU.
+
+1. Build the world (cached): a ComsAmy-format test set over seven weathers with an *unseen*
+   anomaly family (animals), and a clear-weather training split with cut-outs of another family
+   (debris).
+2. Train three recipes (cached, resumable): ``closed`` (a small DeepLabV3+), ``rpl`` (the RPL
+   residual module on copy-pasted debris, RPL's loss) and ``rpl+eel`` (the same with Eq. 8);
+   the default run adds ``rpl+eel k=3`` (three pasted objects per image) for the ablation.
+3. Evaluate every recipe with the scores MSP, max-logit, energy, entropy and EEL on the test set,
+   whole / clear / adverse / per weather, and write ``results.json``, ``report.md``,
+   ``report.html`` and the figures (Table II, Figure 8, Table V, Figure 6, Figure 7 shapes).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.benchmarks import ADVERSE_WEATHERS, WEATHERS, load_benchmark
+from .errors import DiffeelError
+from .metrics import PixelMetrics
+from .scores import SCORES, compute_score, log_partition_and_entropy
+
+MAIN_METHODS = ("closed/msp", "closed/energy", "rpl/energy", "rpl+eel/eel")
+
+
+@dataclass
+class DemoConfig:
+    quick: bool = False
+    seed: int = 0
+    size: tuple[int, int] = (256, 128)
+    per_weather: int = 12
+    train_frames: int = 200
+    closed_steps: int = 900
+    residual_steps: int = 400
+    batch_size: int = 8
+    closed_lr: float = 3e-3
+    residual_lr: float = 1e-3
+    ablate_objects: bool = True
+    device: str = "cpu"
+    jobs: int = 1
+
+    @classmethod
+    def preset(cls, quick: bool, **overrides) -> "DemoConfig":
+        if quick:
+            base = cls(quick=True, per_weather=6, train_frames=80, closed_steps=300, residual_steps=160, ablate_objects=False)
+        else:
+            base = cls()
+        return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def _device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DiffeelError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def _train_recipes(config: DemoConfig, cache: Path, progress: bool) -> dict:
+    from .synth import CopyPasteSynthesizer, ObjectBank
+    from .train import TrainConfig, train
+    from .train.recipes import TrainingImages, closed_loss, closed_model, residual_loss, residual_model
+
+    device = _device(config.device)
+    world_train = cache / "world" / "train"
+    timings = {}
+
+    def run(name, train_config, model, groups, data, loss):
+        started = time.perf_counter()
+        batch = lambda step: tuple(t.to(device) for t in data.batch(config.seed, step, config.batch_size))  # noqa: E731
+        train(train_config, model.to(device), groups, batch, loss, cache / name, progress=progress)
+        timings[name] = time.perf_counter() - started
+        return model
+
+    closed_config = TrainConfig("closed", config.closed_steps, config.batch_size, config.closed_lr, seed=config.seed)
+    host, groups = closed_model(config.seed)
+    host = run("closed", closed_config, host, groups, TrainingImages(world_train), closed_loss)
+
+    bank = ObjectBank.from_folder(world_train / "objects")
+    models = {"closed": host}
+    residual_runs = [("rpl", "rpl", 1), ("rpl+eel", "rpl+eel", 1)]
+    if config.ablate_objects:
+        residual_runs.append(("rpl+eel k=3", "rpl+eel", 3))
+    for name, recipe, objects in residual_runs:
+        train_config = TrainConfig(recipe, config.residual_steps, config.batch_size, config.residual_lr, weight_decay=0.0,
+                                   seed=config.seed, objects_per_image=objects)
+        data = TrainingImages(world_train, CopyPasteSynthesizer(bank, objects_per_image=objects))
+        model, groups = residual_model(host, config.seed, config.residual_lr)
+        models[name] = run(name, train_config, model, groups, data, residual_loss(recipe))
+    return models, timings
+
+
+@torch.no_grad()
+def _logits(model, images: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    output = model(images)
+    return output[1] if isinstance(output, tuple) else output
+
+
+def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: int = 16) -> tuple[dict, dict]:
+    """Metrics of every (recipe, score) on the test set, grouped, and material for the figures."""
+    frames = load_benchmark("comsamy", test_root)
+    groups = ["whole", "clear", "adverse", *WEATHERS]
+    metrics = {f"{recipe}/{score}": {g: PixelMetrics(name=g) for g in groups} for recipe in models for score in SCORES}
+    energies = {recipe: {"anomaly": [], "inlier": []} for recipe in models}
+    shown = next((f for f in frames if f.metadata["weather"] == "fog"), frames[0])  # Figure 6's frame
+    example = {"id": shown.id, "image": shown.load_image(), "label": shown.load_label(), "maps": {}}
+    for start in range(0, len(frames), batch):
+        chunk = frames[start : start + batch]
+        images = torch.from_numpy(np.stack([f.load_image() for f in chunk])).permute(0, 3, 1, 2).float().div_(255).to(device)
+        labels = np.stack([f.load_label() for f in chunk])
+        for recipe, model in models.items():
+            logits = _logits(model, images).cpu().double()
+            log_partition, _ = log_partition_and_entropy(logits)
+            energies[recipe]["anomaly"].append(log_partition.numpy()[labels == 1])
+            energies[recipe]["inlier"].append(log_partition.numpy()[labels == 0])
+            for score in SCORES:
+                maps = compute_score(score, logits).float().numpy()
+                for index, frame in enumerate(chunk):
+                    weather = frame.metadata["weather"]
+                    for group in ("whole", "adverse" if weather in ADVERSE_WEATHERS else "clear", weather):
+                        metrics[f"{recipe}/{score}"][group].update(maps[index], labels[index])
+            for index, frame in enumerate(chunk):
+                if frame.id == shown.id:
+                    example["maps"][recipe] = {s: compute_score(s, logits[index : index + 1])[0].float().numpy() for s in ("energy", "entropy", "eel")}
+    import warnings
+
+    from .metrics import UndefinedMetricWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        results = {method: {g: m.compute() for g, m in by_group.items()} for method, by_group in metrics.items()}
+    gaps = {}
+    for recipe, values in energies.items():
+        anomaly, inlier = np.concatenate(values["anomaly"]), np.concatenate(values["inlier"])
+        worst_anomalies = np.sort(anomaly)[-max(1, len(anomaly) // 4) :]  # highest energy response
+        worst_inliers = np.sort(inlier)[: max(1, len(inlier) // 4)]  # lowest energy response
+        gaps[recipe] = {"worst_anomaly_mean": float(worst_anomalies.mean()), "worst_inlier_mean": float(worst_inliers.mean()),
+                        "gap": float(worst_inliers.mean() - worst_anomalies.mean())}
+    return results, {"energy_gap": gaps, "example": example, "n_frames": len(frames)}
+
+
+def run_demo(config: DemoConfig, out, progress: bool = True) -> dict:
+    from . import demo_report
+    from .report.output import atomic_output_dir, write_json
+    from .world.make import make_world
+
+    out = Path(out)
+    cache = out / "cache"
+    started = time.perf_counter()
+    timings = {}
+    make_world(cache / "world", per_weather=config.per_weather, train=config.train_frames, size=config.size,
+               seed=config.seed, jobs=config.jobs, progress=progress)
+    timings["world_s"] = time.perf_counter() - started
+    models, train_timings = _train_recipes(config, cache, progress)
+    timings.update({f"train_{k}_s": v for k, v in train_timings.items()})
+    evaluation_started = time.perf_counter()
+    methods, material = evaluate_models(models, cache / "world" / "test", config.device)
+    timings["evaluation_s"] = time.perf_counter() - evaluation_started
+    results = {"methods": methods, "energy_gap": material["energy_gap"], "config": {**asdict(config), "size": list(config.size)},
+               "n_test_frames": material["n_frames"], "timings": timings}
+    results["findings"] = demo_report.findings(results)
+    with atomic_output_dir(out) as staging:
+        demo_report.write(staging, results, material)
+        timings["total_s"] = time.perf_counter() - started
+        write_json(staging / "results.json", results)
+    return results
+
+

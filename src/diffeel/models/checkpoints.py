@@ -1,0 +1,29 @@
+"""Checkpoints as plain tensors: written atomically, read with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import DiffeelError
+
+
+def save_state(path, state: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def load_state(path, allow_pickle: bool = False) -> dict:
+    """Load a checkpoint; ``allow_pickle=True`` is an explicit opt-in for legacy files (a pickle can run code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffeelError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as error:  # torch raises many types for corrupt or foreign files
+        raise DiffeelError(f"checkpoint {path} could not be read ({type(error).__name__}); is it a diffeel checkpoint?") from error

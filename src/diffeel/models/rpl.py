@@ -1,0 +1,58 @@
+"""The RPL residual module (Liu et al., ICCV 2023) around any frozen DeepLabV3+-style host.
+
+``atten_aspp`` and ``bot_atten_aspp`` start as copies of the host's ``aspp`` and ``bot_aspp``;
+``atten_aspp_final`` (1×1 to the decoder width) is Kaiming-initialised. The residual is added to
+the host's decoder input: ``out1 = final(dec0)`` (the frozen model), ``out2 = final(dec0 + res)``.
+The host is frozen explicitly by module — its parameters never require gradients and it stays in
+eval mode (BatchNorm statistics untouched) whatever ``train()`` is called with.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, host: nn.Module):
+        super().__init__()
+        self.atten_aspp = copy.deepcopy(host.aspp)
+        self.bot_atten_aspp = copy.deepcopy(host.bot_aspp)
+        self.atten_aspp_final = nn.Conv2d(host.bot_aspp.out_channels, host.decoder_channels, 1, bias=False)
+        nn.init.kaiming_normal_(self.atten_aspp_final.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, deep: torch.Tensor, size) -> torch.Tensor:
+        context = self.bot_atten_aspp(self.atten_aspp(deep))
+        return self.atten_aspp_final(F.interpolate(context, size=size, mode="bilinear", align_corners=True))
+
+
+class RPLModel(nn.Module):
+    """``forward(images) -> (out1, out2)``: the frozen host's logits and the residual-corrected ones."""
+
+    def __init__(self, host: nn.Module):
+        super().__init__()
+        self.host = host
+        for parameter in self.host.parameters():
+            parameter.requires_grad_(False)
+        self.residual_block = ResidualBlock(host)
+        self.host.eval()
+
+    def train(self, mode: bool = True) -> "RPLModel":
+        super().train(mode)
+        self.host.eval()  # the host is never trained, and its BatchNorm statistics never move
+        return self
+
+    def trainable_parameters(self):
+        return self.residual_block.parameters()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            deep, skip = self.host.encode(images)
+            dec0 = self.host.decoder_input(deep, skip)
+            out1 = self.host.final(dec0)
+        out2 = self.host.final(dec0 + self.residual_block(deep, skip.shape[-2:]))
+        upsample = lambda logits: F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)  # noqa: E731
+        return upsample(out1), upsample(out2)

@@ -1,0 +1,52 @@
+"""Anomaly synthesis for training (paper section IV-A): copy-paste with Eq. 1.
+
+    >>> bank = ObjectBank.from_folder("world/train/objects")
+    >>> synth = CopyPasteSynthesizer(bank, objects_per_image=2)
+    >>> image2, labels2 = synth(image, train_ids, np.random.default_rng(0))
+
+Pasted pixels get label ``ANOMALY_TRAIN_ID`` (254). The pipeline is object source → mask extractor
+→ placement → blender → :func:`paste` (Eq. 1); see :mod:`diffeel.synth.synthesizer` for how a
+diffusion generator, U^2-Net or DoveNet replace a stage.
+"""
+
+from .bank import BankObject, ObjectBank, ObjectSource, read_cutout, tight_crop
+from .compose import paste
+from .illumination import match_illumination, ring_mask
+from .placement import DRIVABLE, OCCLUDERS, Placement, find_placement
+from .synthesizer import (
+    Blender,
+    CopyPasteSynthesizer,
+    IlluminationBlender,
+    MaskExtractor,
+    PastedObject,
+    SynthesisResult,
+    Synthesizer,
+    camera_for,
+    keep_colours,
+    resize_object,
+)
+
+__all__ = [
+    "DRIVABLE",
+    "OCCLUDERS",
+    "BankObject",
+    "Blender",
+    "CopyPasteSynthesizer",
+    "IlluminationBlender",
+    "MaskExtractor",
+    "ObjectBank",
+    "ObjectSource",
+    "PastedObject",
+    "Placement",
+    "SynthesisResult",
+    "Synthesizer",
+    "camera_for",
+    "find_placement",
+    "keep_colours",
+    "match_illumination",
+    "paste",
+    "read_cutout",
+    "resize_object",
+    "ring_mask",
+    "tight_crop",
+]
