@@ -39,7 +39,7 @@ class DemoConfig:
     residual_steps: int = 400
     batch_size: int = 8
     closed_lr: float = 3e-3
-    residual_lr: float = 1e-3
+    residual_lr: float = 3e-4
     ablate_objects: bool = True
     device: str = "cpu"
     jobs: int = 1

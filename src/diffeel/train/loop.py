@@ -85,14 +85,14 @@ def train(
             images, labels = batch_at(step)
             losses = loss_at(model, images, labels)
             if not torch.isfinite(losses["total"]):
-                raise DiffeelError(f"the {config.recipe} loss became {float(losses['total'])} at step {step}; lower the learning rate")
+                raise DiffeelError(f"the {config.recipe} loss became {float(losses['total'].detach())} at step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             torch.nn.utils.clip_grad_norm_([p for g in param_groups for p in g["params"]], config.clip)
             optimizer.step()
-            log.write(json.dumps({"step": step + 1, **{k: round(float(v), 6) for k, v in losses.items()}}) + "\n")
+            log.write(json.dumps({"step": step + 1, **{k: round(float(v.detach()), 6) for k, v in losses.items()}}) + "\n")
             bar.update(1)
-            bar.set_postfix(loss=f"{float(losses['total']):.3f}")
+            bar.set_postfix(loss=f"{float(losses['total'].detach()):.3f}")
             last = step + 1
             if last % config.save_every == 0 or last == config.steps:
                 log.flush()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .. import losses
 from ..data.images import read_image, read_label
 from ..errors import DiffeelError
-from ..labels import VOID
+from ..labels import NUM_CLASSES, VOID
 from ..models import RPLModel, SmallDeepLab
 from .loop import step_generator
 
@@ -27,7 +27,7 @@ RESIDUAL_HEAD_LR_MULTIPLIER = 10  # RPL trains atten_aspp_final with 10× the le
 class TrainingImages:
     """The training split of a world (images + train ids) in memory, and per-step batches."""
 
-    def __init__(self, folder, synthesizer=None):
+    def __init__(self, folder, synthesizer=None, photometric: bool = True):
         folder = Path(folder)
         images = sorted((folder / "images").glob("*.png"))
         if not images:
@@ -35,6 +35,7 @@ class TrainingImages:
         self.images = np.stack([read_image(p) for p in images])
         self.labels = np.stack([read_label(folder / "labels" / p.name) for p in images]).astype(np.uint8)
         self.synthesizer = synthesizer
+        self.photometric = photometric
 
     def batch(self, seed: int, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = step_generator(seed, step)
@@ -45,14 +46,37 @@ class TrainingImages:
                 image, label = image[:, ::-1], label[:, ::-1]
             if self.synthesizer is not None:
                 image, label = self.synthesizer(np.ascontiguousarray(image), np.ascontiguousarray(label), rng)
+            if self.photometric:
+                image = photometric_jitter(image, rng)
             images.append(np.ascontiguousarray(image))
             labels.append(np.ascontiguousarray(label))
         images_tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255)
         return images_tensor, torch.from_numpy(np.stack(labels)).long()
 
 
+def photometric_jitter(image: np.ndarray, rng) -> np.ndarray:
+    """Standard segmentation augmentation: brightness, contrast, colour gains, blur and noise.
+
+    Generic photometric jitter (no weather model): it keeps a small model from relying on exact
+    colours, as large models trained on real data learn to.
+    """
+    import cv2
+
+    pixels = image.astype(np.float32) / 255
+    mean = pixels.mean()
+    pixels = (pixels - mean) * rng.uniform(0.6, 1.3) + mean * rng.uniform(0.5, 1.3)
+    pixels *= rng.uniform(0.85, 1.15, size=3).astype(np.float32)
+    if rng.random() < 0.3:
+        pixels = cv2.GaussianBlur(pixels, (0, 0), rng.uniform(0.5, 1.5))
+    if rng.random() < 0.3:
+        pixels += rng.normal(0, rng.uniform(0.01, 0.05), size=pixels.shape).astype(np.float32)
+    return (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def closed_loss(model, images, labels) -> dict:
-    return {"total": F.cross_entropy(model(images), labels, ignore_index=VOID)}
+    """Cross-entropy on the inlier classes; void and anything else (pasted anomalies) ignored."""
+    targets = torch.where(labels < NUM_CLASSES, labels, torch.full_like(labels, VOID))
+    return {"total": F.cross_entropy(model(images), targets, ignore_index=VOID)}
 
 
 def residual_loss(kind: str, inlier_entropy: str = "confident"):

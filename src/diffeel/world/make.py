@@ -42,7 +42,7 @@ ANIMALS = [k.name for k in shapes.ANOMALY_KINDS.values() if k.family == "animals
 DEBRIS = [k.name for k in shapes.ANOMALY_KINDS.values() if k.family == "debris"]
 MIN_ANOMALY_SHARE = 0.0004  # smaller anomalies do not matter in a collision: void (ComsAmy rule 3)
 OBJECT_HEIGHT_PX = 96
-OBJECTS_PER_KIND = 4
+OBJECTS_PER_KIND = 12
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def plan_test(world_seed: int, per_weather: int) -> list[FramePlan]:
             names = tuple(str(n) for n in rng.choice(ANIMALS, n_road + n_off))
             plans.append(FramePlan(
                 "test", index, f"{weather}_{index:04d}", LANDFORMS[(weather_index + k) % len(LANDFORMS)], weather,
-                0 if weather == "clear" else int(rng.integers(2, 5)), seed, names, (True,) * n_road + (False,) * n_off,
+                0 if weather == "clear" else int(rng.integers(1, 4)), seed, names, (True,) * n_road + (False,) * n_off,
             ))
     return plans
 

@@ -20,6 +20,7 @@ from ..labels import TRAIN_ID, VOID
 from . import shapes
 
 BACKDROP_DEPTH = 400.0
+ON_ROAD_HEIGHT_SHARE = (0.08, 0.3)  # on-screen height of on-road anomalies, as a share of the image
 
 
 @dataclass(frozen=True)
@@ -243,9 +244,10 @@ def render_scene(landform: str, seed, size=(512, 256), anomalies=(), anomaly_on_
         real_height = rng.uniform(*kind.height_range)
         if must_be_on_road:
             lateral_position = rng.uniform(-road_half + 0.6, road_half - 0.6)
-            # near enough to be a real hazard and to be seen: at least ~3 % of the image height
-            far = min(60.0, camera.fy * real_height / (0.05 * height))
-            object_depth = rng.uniform(6.0, max(far, 7.0))
+            # a hazard ahead: between ~8 % and ~30 % of the image height (about 5–40 m for a cow)
+            near = camera.fy * real_height / (ON_ROAD_HEIGHT_SHARE[1] * height)
+            far = camera.fy * real_height / (ON_ROAD_HEIGHT_SHARE[0] * height)
+            object_depth = rng.uniform(max(near, 4.0), max(far, near + 1.0, 5.0))
         else:
             lateral_position = rng.choice([-1, 1]) * (edge + rng.uniform(6, 15))
             object_depth = rng.uniform(15, 60)

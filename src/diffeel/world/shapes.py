@@ -175,7 +175,8 @@ def wall(width: int, height: int, rng) -> Sprite:
 
 # ---- anomaly families -----------------------------------------------------------------------
 # "animals" (test only) and "debris" (training only): disjoint shapes and palettes, unlike any
-# inlier class. Real-height priors (m) follow synthesis.md where it gives them.
+# inlier class. Real-height priors (m): synthesis.md's where it gives them (dog, cow, tyre); lost cargo
+# spans piles and pallets up to a metre or more, so the debris priors reach that far.
 
 ANIMAL_COATS = {
     "cow": [(0.95, 0.95, 0.92), (0.12, 0.1, 0.1)],
@@ -211,11 +212,12 @@ def animal(kind: str, width: int, height: int, rng) -> Sprite:
 
 
 def debris(kind: str, width: int, height: int, rng) -> Sprite:
-    """Lost cargo and junk: boxes, tyres, barrels, rocks, crates, sacks."""
+    """Lost cargo and junk: boxes, tyres, barrels, rocks, crates, sacks — often in odd colours."""
     rgb, mask = _canvas(width, height)
     w, h = width, height
+    odd = rng.random() < 0.5  # painted or wrapped cargo: any colour, not just the natural one
     if kind == "box":
-        colour = _jitter((0.72, 0.55, 0.32), rng, 0.05)
+        colour = rng.uniform(0.1, 0.95, 3) if odd else _jitter((0.72, 0.55, 0.32), rng, 0.05)
         _poly(mask, rgb, [(0, 0.25 * h), (0.7 * w, 0.25 * h), (0.7 * w, h - 1), (0, h - 1)], colour)
         _poly(mask, rgb, [(0.7 * w, 0.25 * h), (w - 1, 0), (w - 1, 0.75 * h), (0.7 * w, h - 1)], colour * 0.75)
         _poly(mask, rgb, [(0, 0.25 * h), (0.3 * w, 0), (w - 1, 0), (0.7 * w, 0.25 * h)], colour * 1.15)
@@ -225,7 +227,7 @@ def debris(kind: str, width: int, height: int, rng) -> Sprite:
         _ellipse(mask, rgb, (w / 2, h / 2), (w * 0.3, h * 0.3), (0.25, 0.25, 0.27))
         _ellipse(mask, rgb, (w / 2, h / 2), (w * 0.18, h * 0.18), (0.55, 0.55, 0.58))
     elif kind == "barrel":
-        colour = _jitter([(0.1, 0.3, 0.7), (0.8, 0.3, 0.05), (0.2, 0.5, 0.2)][rng.integers(3)], rng, 0.03)
+        colour = rng.uniform(0.1, 0.95, 3) if odd else _jitter([(0.1, 0.3, 0.7), (0.8, 0.3, 0.05), (0.2, 0.5, 0.2)][rng.integers(3)], rng, 0.03)
         _rect(mask, rgb, 0, 0.06 * h, w - 1, 0.94 * h, colour)
         _ellipse(mask, rgb, (w / 2, 0.06 * h), (w / 2 - 0.5, 0.06 * h), colour * 1.2)
         _ellipse(mask, rgb, (w / 2, 0.94 * h), (w / 2 - 0.5, 0.06 * h), colour * 0.8)
@@ -236,13 +238,14 @@ def debris(kind: str, width: int, height: int, rng) -> Sprite:
                   for a in np.linspace(0, 2 * np.pi, 11)[:-1]]
         _poly(mask, rgb, points, _jitter((0.45, 0.43, 0.4), rng, 0.05))
     elif kind == "crate":
-        colour = _jitter((0.55, 0.38, 0.2), rng, 0.05)
+        colour = rng.uniform(0.1, 0.95, 3) if odd else _jitter((0.55, 0.38, 0.2), rng, 0.05)
         _rect(mask, rgb, 0, 0, w - 1, h - 1, colour)
         for y in np.linspace(0.1, 0.9, 4):
             _rect(mask, rgb, 0, y * h, w - 1, y * h + max(1, 0.03 * h), colour * 0.55)
         cv2.line(rgb, (0, 0), (w - 1, h - 1), tuple(float(c) for c in colour * 0.6), max(1, w // 12))
     else:  # sack
-        _ellipse(mask, rgb, (w / 2, 0.6 * h), (w / 2 - 0.5, 0.4 * h), _jitter((0.8, 0.78, 0.7), rng, 0.04))
+        sack = rng.uniform(0.1, 0.95, 3) if odd else _jitter((0.8, 0.78, 0.7), rng, 0.04)
+        _ellipse(mask, rgb, (w / 2, 0.6 * h), (w / 2 - 0.5, 0.4 * h), sack)
         _ellipse(mask, rgb, (w / 2, 0.2 * h), (w * 0.2, 0.2 * h), _jitter((0.75, 0.72, 0.62), rng, 0.04))
     return _finish(rgb, mask, rng, (w / 2, h - 1), texture=0.1)
 
@@ -264,12 +267,12 @@ ANOMALY_KINDS = {
         AnomalyKind("animals", "dog", (0.4, 0.8), 1.4),
         AnomalyKind("animals", "sheep", (0.7, 0.9), 1.4),
         AnomalyKind("animals", "boar", (0.7, 0.9), 1.6),
-        AnomalyKind("debris", "box", (0.2, 0.6), 1.3),
-        AnomalyKind("debris", "tyre", (0.6, 0.8), 1.0),
+        AnomalyKind("debris", "box", (0.4, 1.0), 1.3),
+        AnomalyKind("debris", "tyre", (0.6, 1.1), 1.0),
         AnomalyKind("debris", "barrel", (0.8, 0.95), 0.65),
-        AnomalyKind("debris", "rock", (0.3, 0.7), 1.4),
-        AnomalyKind("debris", "crate", (0.4, 0.7), 1.2),
-        AnomalyKind("debris", "sack", (0.4, 0.6), 1.1),
+        AnomalyKind("debris", "rock", (0.5, 1.2), 1.4),
+        AnomalyKind("debris", "crate", (0.6, 1.4), 1.2),
+        AnomalyKind("debris", "sack", (0.5, 0.9), 1.1),
     )
 }
 FAMILIES = {"animals": "test", "debris": "train"}  # which split each family belongs to
