@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo demo-quick test test-all bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/python benchmarks/metrics_bench.py --pixels 2e7 --sklearn-pixels 4e6
+	$(BIN)/diffeel demo --out runs/demo
+
+demo-quick: $(VENV)/.installed
+	$(BIN)/diffeel demo --quick --out runs/demo-quick
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -24,6 +27,9 @@ test-all: test
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/metrics_bench.py
+	$(BIN)/python benchmarks/eval_bench.py
+	$(BIN)/python benchmarks/components_bench.py
+	$(BIN)/python benchmarks/weather_bench.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
