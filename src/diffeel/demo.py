@@ -47,7 +47,7 @@ class DemoConfig:
     @classmethod
     def preset(cls, quick: bool, **overrides) -> "DemoConfig":
         if quick:
-            base = cls(quick=True, per_weather=6, train_frames=80, closed_steps=300, residual_steps=160, ablate_objects=False)
+            base = cls(quick=True, per_weather=6, train_frames=80, closed_steps=260, residual_steps=140, ablate_objects=False)
         else:
             base = cls()
         return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
