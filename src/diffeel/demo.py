@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -149,7 +151,9 @@ def run_demo(config: DemoConfig, out, progress: bool = True) -> dict:
     from .world.make import make_world
 
     out = Path(out)
-    cache = out / "cache"
+    # one cache per configuration, so that quick and default runs (or other seeds) never mix
+    fingerprint = hashlib.sha1(json.dumps({k: v for k, v in asdict(config).items() if k != "jobs"}, sort_keys=True, default=list).encode()).hexdigest()[:8]
+    cache = out / "cache" / f"{'quick' if config.quick else 'default'}-{fingerprint}"
     started = time.perf_counter()
     timings = {}
     make_world(cache / "world", per_weather=config.per_weather, train=config.train_frames, size=config.size,
