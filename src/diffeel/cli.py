@@ -206,11 +206,11 @@ def _demo_command(args: argparse.Namespace) -> None:
           f"({results['timings']['total_s']:.0f} s)")
 
 
-def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_benchmark_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     from .data.benchmarks import BENCHMARKS
 
-    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="benchmark layout")
-    parser.add_argument("--root", required=True, help="benchmark root folder")
+    parser.add_argument("--benchmark", required=required, choices=sorted(BENCHMARKS), help="benchmark layout")
+    parser.add_argument("--root", required=required, help="benchmark root folder")
     parser.add_argument("--images", help="image folder (folder benchmark: relative to --root; fs-laf/fs-static: dataset root)")
     parser.add_argument("--labels", help="label folder relative to --root (folder benchmark; default labels_masks)")
     parser.add_argument("--label-map", help="label value mapping for the folder benchmark, e.g. 2:1,0:0,*:255")
@@ -337,11 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and write a ComsAmy-format benchmark (images/, labels/ in 0/1/255, manifest.csv) to --out; "
         "or, with --input, to every image of a plain folder.",
     )
-    apply.add_argument("--benchmark", help="benchmark layout (see diffeel eval --help)")
-    apply.add_argument("--root", help="benchmark root folder")
-    apply.add_argument("--images", help="image folder or dataset root, as for diffeel eval")
-    apply.add_argument("--labels", help="label folder relative to --root (folder benchmark)")
-    apply.add_argument("--label-map", help="label value mapping for the folder benchmark, e.g. 2:1,*:255")
+    _add_benchmark_arguments(apply, required=False)
     apply.add_argument("--input", help="a plain folder of images instead of a benchmark")
     apply.add_argument("--condition", required=True, help="rain, night, frost, fog, blizzard, sandstorm or clear")
     apply.add_argument("--severity", type=int, default=3, help="1 (light) .. 5 (extreme), default 3")
