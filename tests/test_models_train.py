@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffeel.data.benchmarks import WEATHERS
 from diffeel.demo import DemoConfig, run_demo
 from diffeel.errors import DiffeelError
 from diffeel.models import RPLModel, SmallDeepLab, load_state, save_state
@@ -113,10 +114,37 @@ def test_a_tiny_demo_writes_every_output(tmp_path):
             groups = stored["methods"][f"{recipe}/{score}"]
             assert set(groups) >= {"whole", "clear", "adverse", "fog", "sandstorm"}
             assert 0 <= groups["whole"]["auprc"] <= 1
-    assert results["methods"]["closed/msp"]["whole"]["n_pixels"] == 7 * 128 * 64 - results["methods"]["closed/msp"]["whole"]["n_void"]
+    whole = results["methods"]["closed/msp"]["whole"]
+    assert results["n_test_frames"] == 13  # 1 per adverse weather + 7 clear (ComsAmy's clear : adverse ratio)
+    assert whole["n_pixels"] == 13 * 128 * 64 - whole["n_void"]
+    # adverse and whole are merges of the per-weather states: their counts add up
+    by_weather = results["methods"]["closed/msp"]
+    assert whole["n_anomaly"] == sum(by_weather[w]["n_anomaly"] for w in WEATHERS)
+    assert by_weather["adverse"]["n_pixels"] == sum(by_weather[w]["n_pixels"] for w in WEATHERS[1:])
     # a second run reuses the cached world and checkpoints
     again = run_demo(config, tmp_path / "demo", progress=False)
     assert again["methods"]["rpl+eel/eel"]["whole"]["auprc"] == results["methods"]["rpl+eel/eel"]["whole"]["auprc"]
+
+
+def test_findings_follow_the_numbers_and_skip_recipes_not_trained():
+    from diffeel.demo_report import findings
+
+    def run(**auprc):
+        return {"methods": {m.replace("_", "/"): {g: {"auprc": v} for g, v in zip(("whole", "clear", "adverse"), values)}
+                            for m, values in auprc.items()}, "energy_gap": {}}
+
+    quick = run(closed_msp=(0.20, 0.30, 0.15), closed_energy=(0.22, 0.35, 0.18), **{"rpl+eel_eel": (0.26, 0.40, 0.20),
+                "rpl+eel_energy": (0.25, 0.39, 0.2), "rpl+eel_msp": (0.21, 0.3, 0.19)})
+    claims = {f["claim"]: f["holds"] for f in findings(quick)}
+    assert not any("RPL loss" in claim for claim in claims)  # no rpl recipe: not measured, not "failed"
+    assert claims["rpl+eel/eel beats closed/msp by at least 5 AUPRC points (whole test set)"] is True
+    assert claims["EEL score ≥ energy ≥ MSP (rpl+eel model)"] is True
+    worse = run(closed_msp=(0.20, 0.30, 0.15), closed_energy=(0.22, 0.35, 0.18), **{"rpl+eel_eel": (0.249, 0.40, 0.20),
+                "rpl+eel_energy": (0.25, 0.39, 0.2), "rpl+eel_msp": (0.21, 0.3, 0.19), "rpl_eel": (0.3, 0.4, 0.2),
+                "rpl_energy": (0.3, 0.4, 0.2)})
+    claims = {f["claim"]: f["holds"] for f in findings(worse)}
+    assert claims["rpl+eel/eel beats closed/msp by at least 5 AUPRC points (whole test set)"] is False  # 4.9 points
+    assert claims["EEL loss ≥ RPL loss (same EEL score)"] is False
 
 
 @pytest.mark.slow
@@ -126,5 +154,6 @@ def test_quick_demo_end_to_end(tmp_path):
     assert process.returncode == 0, process.stderr[-2000:]
     results = json.loads((tmp_path / "q" / "results.json").read_text())
     assert results["config"]["quick"] is True and "rpl+eel/eel" in results["methods"]
+    assert results["timings"]["total_s"] < 180  # the quick run's budget (3 minutes on 2 cores)
     assert "report:" in process.stdout
     assert np.isfinite(results["methods"]["rpl+eel/eel"]["whole"]["auprc"])

@@ -35,6 +35,19 @@ def test_scores_match_float64_reference(rng, name):
     np.testing.assert_allclose(tensor_result.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_all_scores_at_once_equal_the_reference(rng):
+    logits = rng.normal(0, 3, size=(2, 19, 5, 7))
+    expected = reference_scores(logits, alpha=0.5)
+    got = scores.all_scores(logits, alpha=0.5)
+    assert set(got) == set(scores.SCORES)
+    for name, values in got.items():
+        np.testing.assert_allclose(values, expected[name], rtol=1e-12, atol=1e-12, err_msg=name)
+    as_tensors = scores.all_scores(torch.from_numpy(logits).float())
+    for name, values in as_tensors.items():
+        assert values.dtype == torch.float32
+        np.testing.assert_allclose(values.numpy(), scores.compute_score(name, logits.astype(np.float32)), rtol=1e-5, atol=1e-5)
+
+
 def test_eel_alpha_weights_entropy(rng):
     logits = rng.normal(size=(1, 4, 3, 3))
     expected = 2.5 * reference_scores(logits)["entropy"] + reference_scores(logits)["energy"]

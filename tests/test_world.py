@@ -5,7 +5,7 @@ from diffeel.geometry import SKY_DEPTH, Camera
 from diffeel.labels import ANOMALY, TRAIN_ID, VOID
 from diffeel.world import shapes
 from diffeel.world.make import ANIMALS, DEBRIS, evaluation_label, plan_test, plan_train
-from diffeel.world.scene import LANDFORMS, _Canvas, render_scene
+from diffeel.world.scene import LANDFORMS, MIN_ANOMALY_DEPTH, _Canvas, render_scene
 
 SIZE = (256, 128)
 
@@ -89,6 +89,21 @@ def test_test_plan_is_balanced_over_weathers_and_landforms():
     pairs = {(p.weather, p.landform) for p in plans}
     assert len(pairs) == 49  # every weather meets every landform
     assert [p.weather for p in plans].count("fog") == 7
+    assert [p.weather for p in plans].count("clear") == round(6 * 7 * 250 / 218)  # ComsAmy's clear : adverse ratio
+
+
+def test_hazards_on_the_road_are_framed_and_large_like_comsamy_photos():
+    heights, shares = [], []
+    for seed in range(40):
+        scene = render_scene("country", seed, SIZE, anomalies=("cow", "dog"))
+        shares.append((evaluation_label(scene) == ANOMALY).mean())
+        assert scene.anomalies  # hazards are in view (one may hide the other)
+        for anomaly in scene.anomalies:
+            assert anomaly.depth >= MIN_ANOMALY_DEPTH
+            rows = np.nonzero(scene.instances == anomaly.instance)[0]
+            heights.append((rows.max() - rows.min() + 1) / SIZE[1])
+    assert len(heights) >= 50 and np.median(heights) > 0.25  # hazards ahead, not specks on the horizon
+    assert np.mean(shares) > 0.04  # several percent of the pixels (ComsAmy: 13 %)
 
 
 def test_anomalies_on_the_road_scale_with_distance():

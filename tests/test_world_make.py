@@ -20,7 +20,9 @@ def test_world_make_writes_a_comsamy_benchmark_and_a_training_split(tmp_path):
     assert main(["world", "make", "--out", str(out), "--per-weather", "2", "--train", "2", "--seed", "7",
                  "--size", "160x80", "--quiet"]) == 0
     rows = list(csv.DictReader(open(out / "test" / "manifest.csv")))
-    assert {r["weather"] for r in rows} == set(WEATHERS) and len(rows) == 14
+    weathers = [r["weather"] for r in rows]
+    # two frames per adverse weather, and clear ones in ComsAmy's clear : adverse ratio of 250 : 218
+    assert all(weathers.count(w) == 2 for w in WEATHERS[1:]) and weathers.count("clear") == round(12 * 250 / 218) == 14
     frames = load_benchmark("comsamy", out / "test")  # readable by the evaluation toolkit as is
     for frame in frames:
         label = frame.load_label()
@@ -46,13 +48,23 @@ def test_world_is_identical_whatever_jobs_and_resumes_after_interruption(tmp_pat
 
     # an interrupted run: some frames missing, one temporary file left by a kill
     damaged = tmp_path / "two"
-    (damaged / "test" / "images" / "fog_0004.png").unlink()
+    fog = next(p for p in sorted((damaged / "test" / "images").glob("fog_*.png")))
+    fog.unlink()
     (damaged / "train" / "depth" / "train_00001.npy").unlink()
     (damaged / "test" / "labels" / ".rain_0001.png.tmp").write_bytes(b"partial")
     process = subprocess.run([sys.executable, "-m", "diffeel.cli", "world", "make", "--out", str(damaged), *args],
                              capture_output=True, text=True)
-    assert process.returncode == 0 and "wrote 2, kept 7" in process.stdout
+    frames = 7 + 6 + 2  # ComsAmy's ratio gives 7 clear frames next to one per adverse weather, + 2 training frames
+    assert process.returncode == 0 and f"wrote 2, kept {frames - 2}" in process.stdout
     assert files_of(damaged) == reference  # the stale temporary file is gone too
+
+
+def test_world_clear_option_sets_the_number_of_clear_frames(tmp_path):
+    out = tmp_path / "W"
+    assert main(["world", "make", "--out", str(out), "--per-weather", "1", "--clear", "3", "--train", "0",
+                 "--size", "96x48", "--quiet"]) == 0
+    weathers = [r["weather"] for r in csv.DictReader(open(out / "test" / "manifest.csv"))]
+    assert weathers.count("clear") == 3 and len(weathers) == 9
 
 
 def test_world_refuses_other_settings_in_the_same_folder(tmp_path):

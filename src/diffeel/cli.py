@@ -162,8 +162,8 @@ def _world_make_command(args: argparse.Namespace) -> None:
     from .world.make import make_world
 
     counts = make_world(args.out, per_weather=args.per_weather, train=args.train, size=args.size, seed=args.seed,
-                        jobs=args.jobs, progress=not args.quiet)
-    print(f"world in {args.out}: {counts['test']} test frames ({args.per_weather} per weather), {counts['train']} "
+                        jobs=args.jobs, progress=not args.quiet, clear=args.clear)
+    print(f"world in {args.out}: {counts['test']} test frames ({args.per_weather} per adverse weather, {counts['clear']} clear), {counts['train']} "
           f"training frames, {counts['objects']} training objects; wrote {counts['written']}, kept {counts['kept']}")
 
 
@@ -190,13 +190,14 @@ def _weather_apply_command(args: argparse.Namespace) -> None:
 
 def _demo_command(args: argparse.Namespace) -> None:
     from .demo import DemoConfig, run_demo
+    from .demo_report import main_methods
 
     config = DemoConfig.preset(args.quick, seed=args.seed, device=args.device, jobs=args.jobs)
     results = run_demo(config, args.out, progress=not args.quiet)
     methods = results["methods"]
     print(f"\ndiffeel demo ({'quick' if args.quick else 'default'}): AUPRC / FPR95 in percent on {results['n_test_frames']} test frames")
     print(f"{'method':<22}{'clear':>16}{'adverse':>16}{'whole':>16}")
-    for method in ("closed/msp", "closed/energy", "rpl/energy", "rpl+eel/eel"):
+    for method in main_methods(results):
         cells = "".join(f"{100 * methods[method][g]['auprc']:>8.2f}{100 * methods[method][g]['fpr95']:>8.2f}" for g in ("clear", "adverse", "whole"))
         print(f"{method:<22}{cells}")
     print()
@@ -315,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
         "depth, and cut-outs of the training anomaly family). Rerunning resumes.",
     )
     make.add_argument("--out", required=True, help="output folder")
-    make.add_argument("--per-weather", type=int, default=10, help="test frames per weather (default 10)")
+    make.add_argument("--per-weather", type=int, default=10, help="test frames per adverse weather (default 10)")
+    make.add_argument("--clear", type=int, default=None,
+                      help="clear-weather test frames (default: ComsAmy's clear : adverse ratio, 250 : 218, i.e. 69 for 10 per weather)")
     make.add_argument("--train", type=int, default=200, help="training frames (default 200)")
     make.add_argument("--size", type=_size, default=(512, 256), help="WIDTHxHEIGHT (default 512x256)")
     make.add_argument("--seed", type=int, default=0, help="world seed (default 0)")

@@ -26,6 +26,7 @@ __all__ = [
     "gaussian_smooth",
     "SCORES",
     "compute_score",
+    "all_scores",
 ]
 
 
@@ -178,6 +179,25 @@ SCORES: dict[str, Callable] = {
     "entropy": entropy,
     "eel": eel,
 }
+
+
+def all_scores(logits, *, alpha: float = 1.0, dim: int = 1) -> dict:
+    """Every score of :data:`SCORES` at once, sharing one pass for ``E`` and ``H`` (Eqs. 2, 4–6).
+
+    The same values as the individual functions up to float rounding; for evaluating many scores
+    of one model's output without recomputing the log-partition four times.
+    """
+    tensor, was_numpy = _as_tensor(logits)
+    log_partition, entropy_map = log_partition_and_entropy(tensor, dim)
+    peak = tensor.amax(dim=dim)
+    maps = {
+        "msp": -torch.expm1(peak - log_partition),  # 1 - max softmax, with max softmax = exp(max y - E)
+        "max_logit": -peak,
+        "energy": -log_partition,
+        "entropy": entropy_map,
+        "eel": alpha * entropy_map - log_partition,
+    }
+    return {name: value.numpy() if was_numpy else value for name, value in maps.items()}
 
 
 def compute_score(name: str, logits, *, alpha: float = 1.0, dim: int = 1):

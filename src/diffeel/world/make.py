@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.arrays import save_array_atomic
-from ..data.benchmarks import LANDFORMS, WEATHERS
+from ..data.benchmarks import ADVERSE_WEATHERS, LANDFORMS, WEATHERS
 from ..data.images import write_image_atomic
 from ..errors import DiffeelError
 from ..labels import ANOMALY, INLIER, VOID
@@ -43,6 +43,8 @@ DEBRIS = [k.name for k in shapes.ANOMALY_KINDS.values() if k.family == "debris"]
 MIN_ANOMALY_SHARE = 0.0004  # smaller anomalies do not matter in a collision: void (ComsAmy rule 3)
 OBJECT_HEIGHT_PX = 96
 OBJECTS_PER_KIND = 12
+COMSAMY_CLEAR_ADVERSE = (250, 218)  # images per condition in ComsAmy (paper, Sec. III)
+WORLD_FORMAT = 2  # bumped whenever the rendering changes, so that old worlds are not mixed in
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,19 @@ def frame_seed(world_seed: int, split: str, index: int) -> int:
     return int(np.random.SeedSequence([world_seed, {"test": 1, "train": 2, "objects": 3}[split], index]).generate_state(1)[0])
 
 
-def plan_test(world_seed: int, per_weather: int) -> list[FramePlan]:
-    """``per_weather`` frames per weather; landforms rotate so weathers × landforms stay balanced."""
+def comsamy_clear_frames(per_weather: int) -> int:
+    """Clear frames that give ComsAmy's clear : adverse ratio (250 : 218 images) next to
+    ``per_weather`` frames of each of the six adverse weathers."""
+    return round(per_weather * len(ADVERSE_WEATHERS) * COMSAMY_CLEAR_ADVERSE[0] / COMSAMY_CLEAR_ADVERSE[1])
+
+
+def plan_test(world_seed: int, per_weather: int, clear: int | None = None) -> list[FramePlan]:
+    """``per_weather`` frames per adverse weather and ``clear`` clear ones (default: ComsAmy's
+    ratio, :func:`comsamy_clear_frames`); landforms rotate so weathers × landforms stay balanced."""
+    clear = comsamy_clear_frames(per_weather) if clear is None else clear
     plans = []
     for weather_index, weather in enumerate(WEATHERS):
-        for k in range(per_weather):
+        for k in range(clear if weather == "clear" else per_weather):
             index = len(plans)
             seed = frame_seed(world_seed, "test", index)
             rng = np.random.default_rng(seed)
@@ -174,12 +184,12 @@ def write_objects(root: Path, world_seed: int) -> int:
 
 
 def make_world(out, per_weather: int = 10, train: int = 200, size=(512, 256), seed: int = 0, jobs: int = 1,
-               progress: bool = True) -> dict:
+               progress: bool = True, clear: int | None = None) -> dict:
     """Write (or finish writing) the world under ``out``; returns counts of written/kept frames."""
     from tqdm import tqdm
 
     root = Path(out)
-    settings = {"seed": seed, "size": list(size), "per_weather": per_weather, "train": train, "format": 1}
+    settings = {"seed": seed, "size": list(size), "per_weather": per_weather, "clear": clear, "train": train, "format": WORLD_FORMAT}
     marker = root / "world.json"
     if marker.exists():
         previous = json.loads(marker.read_text())
@@ -190,7 +200,7 @@ def make_world(out, per_weather: int = 10, train: int = 200, size=(512, 256), se
     for stale in root.rglob(".*.tmp"):  # left by an interrupted run
         stale.unlink()
 
-    test_plans, train_plans = plan_test(seed, per_weather), plan_train(seed, train)
+    test_plans, train_plans = plan_test(seed, per_weather, clear), plan_train(seed, train)
     plans = test_plans + train_plans
     chunks = split(plans, jobs * 4) if jobs > 1 else [plans]
     with tqdm(total=len(plans), desc="world", unit="frame", disable=not progress) as bar:
@@ -200,7 +210,8 @@ def make_world(out, per_weather: int = 10, train: int = 200, size=(512, 256), se
     if train_plans:
         _write_text_atomic(root / "train" / "manifest.csv", _manifest(train_plans, ["id", "landform", "seed"]))
     n_objects = write_objects(root, seed)
-    return {"written": written, "kept": len(plans) - written, "test": len(test_plans), "train": len(train_plans), "objects": n_objects}
+    return {"written": written, "kept": len(plans) - written, "test": len(test_plans), "train": len(train_plans), "objects": n_objects,
+            "clear": sum(plan.weather == "clear" for plan in test_plans)}
 
 
 def _write_chunk(plans: list[FramePlan], root: str, size: tuple[int, int], progress=None) -> list[bool]:

@@ -20,7 +20,8 @@ from ..labels import TRAIN_ID, VOID
 from . import shapes
 
 BACKDROP_DEPTH = 400.0
-ON_ROAD_HEIGHT_SHARE = (0.08, 0.3)  # on-screen height of on-road anomalies, as a share of the image
+ON_ROAD_HEIGHT_SHARE = (0.2, 0.9)
+MIN_ANOMALY_DEPTH = 2.5  # on-screen height of on-road anomalies, as a share of the image
 
 
 @dataclass(frozen=True)
@@ -242,17 +243,21 @@ def render_scene(landform: str, seed, size=(512, 256), anomalies=(), anomaly_on_
     for name, must_be_on_road in zip(anomalies, on_road_flags):
         kind = shapes.ANOMALY_KINDS[name]
         real_height = rng.uniform(*kind.height_range)
-        if must_be_on_road:
-            lateral_position = rng.uniform(-road_half + 0.6, road_half - 0.6)
-            # a hazard ahead: between ~8 % and ~30 % of the image height (about 5–40 m for a cow)
-            near = camera.fy * real_height / (ON_ROAD_HEIGHT_SHARE[1] * height)
-            far = camera.fy * real_height / (ON_ROAD_HEIGHT_SHARE[0] * height)
-            object_depth = rng.uniform(max(near, 4.0), max(far, near + 1.0, 5.0))
+        if must_be_on_road:  # a hazard ahead, framed by the camera (ComsAmy's photos are)
+            share = rng.uniform(*ON_ROAD_HEIGHT_SHARE)
+            object_depth = max(camera.fy * real_height / (share * height), MIN_ANOMALY_DEPTH)
         else:
-            lateral_position = rng.choice([-1, 1]) * (edge + rng.uniform(6, 15))
             object_depth = rng.uniform(15, 60)
         pixel_height = max(3, int(round(camera.fy * real_height / object_depth)))
         pixel_width = max(3, int(round(pixel_height * kind.aspect * rng.uniform(0.85, 1.15))))
+        if must_be_on_road:
+            # the foot's lateral position: on the road, and in view with at least half the object
+            half_width = pixel_width / 2 * object_depth / camera.fx
+            in_view = ((0 - camera.u0) * object_depth / camera.fx + offset, (width - camera.u0) * object_depth / camera.fx + offset)
+            low, high = max(-road_half + 0.6, in_view[0] + half_width / 2), min(road_half - 0.6, in_view[1] - half_width / 2)
+            lateral_position = rng.uniform(low, high) if low < high else rng.uniform(-road_half + 0.6, road_half - 0.6)
+        else:
+            lateral_position = rng.choice([-1, 1]) * (edge + rng.uniform(6, 15))
         sprite = shapes.anomaly_sprite(name, pixel_width, pixel_height, rng)
         foot_x = camera.lateral_to_column(lateral_position - offset, object_depth)
         instance = canvas.sprite(sprite, foot_x, camera.row_at_depth(object_depth), object_depth, VOID)
