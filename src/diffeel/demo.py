@@ -28,6 +28,7 @@ from .errors import DiffeelError
 from .metrics import PixelMetrics
 from .scores import SCORES, all_scores
 
+
 @dataclass
 class DemoConfig:
     quick: bool = False
@@ -130,9 +131,9 @@ def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: i
             for score, values in maps.items():
                 for weather in np.unique(weathers):
                     metrics[f"{recipe}/{score}"][weather].update(values[weathers == weather], labels[weathers == weather])
-            if shown.id in (f.id for f in chunk):
-                index = next(i for i, f in enumerate(chunk) if f.id == shown.id)
-                example["maps"][recipe] = {s: maps[s][index] for s in ("energy", "entropy", "eel")}
+            ids = [f.id for f in chunk]
+            if shown.id in ids:
+                example["maps"][recipe] = {s: maps[s][ids.index(shown.id)] for s in ("energy", "entropy", "eel")}
     import warnings
 
     from .metrics import UndefinedMetricWarning
