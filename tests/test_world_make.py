@@ -67,6 +67,16 @@ def test_world_clear_option_sets_the_number_of_clear_frames(tmp_path):
     assert weathers.count("clear") == 3 and len(weathers) == 9
 
 
+def test_a_rerun_with_other_counts_leaves_exactly_the_planned_frames(tmp_path):
+    out = tmp_path / "W"
+    common = ["world", "make", "--out", str(out), "--size", "96x48", "--quiet"]
+    assert main(common + ["--per-weather", "2", "--train", "2"]) == 0
+    assert main(common + ["--per-weather", "1", "--clear", "2", "--train", "0"]) == 0
+    frames = load_benchmark("comsamy", out / "test")  # no stale frame makes the benchmark unreadable
+    assert len(frames) == 8 and len(list((out / "test" / "images").glob("*.png"))) == 8
+    assert not list((out / "train").glob("*/train_*")) and not (out / "train" / "manifest.csv").exists()
+
+
 def test_world_refuses_other_settings_in_the_same_folder(tmp_path):
     args = ["world", "make", "--out", str(tmp_path / "W"), "--per-weather", "1", "--train", "0", "--size", "128x64", "--quiet"]
     assert main(args + ["--seed", "1"]) == 0

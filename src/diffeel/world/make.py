@@ -205,6 +205,7 @@ def make_world(out, per_weather: int = 10, train: int = 200, size=(512, 256), se
     chunks = split(plans, jobs * 4) if jobs > 1 else [plans]
     with tqdm(total=len(plans), desc="world", unit="frame", disable=not progress) as bar:
         written = sum(sum(part) for part in run_chunks(_write_chunk, chunks, (str(root), tuple(size)), jobs, bar))
+    _remove_unplanned(root, plans)
     if test_plans:
         _write_text_atomic(root / "test" / "manifest.csv", _manifest(test_plans, ["id", "weather", "landform", "anomalies", "seed", "severity"]))
     if train_plans:
@@ -212,6 +213,19 @@ def make_world(out, per_weather: int = 10, train: int = 200, size=(512, 256), se
     n_objects = write_objects(root, seed)
     return {"written": written, "kept": len(plans) - written, "test": len(test_plans), "train": len(train_plans), "objects": n_objects,
             "clear": sum(plan.weather == "clear" for plan in test_plans)}
+
+
+def _remove_unplanned(root: Path, plans: list[FramePlan]) -> None:
+    """Delete frames a previous run with other counts (--per-weather, --clear, --train) wrote, so
+    that the folder always holds exactly the planned frames and its manifests."""
+    planned = {(plan.split, plan.id) for plan in plans}
+    for split_name in ("test", "train"):
+        for folder in ("images", "labels", "depth"):
+            for path in (root / split_name / folder).glob("*.*"):
+                if (split_name, path.stem) not in planned:
+                    path.unlink()
+        if not any(split_name == planned_split for planned_split, _ in planned):
+            (root / split_name / "manifest.csv").unlink(missing_ok=True)
 
 
 def _write_chunk(plans: list[FramePlan], root: str, size: tuple[int, int], progress=None) -> list[bool]:
