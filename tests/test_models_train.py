@@ -127,7 +127,7 @@ def test_a_tiny_demo_writes_every_output(tmp_path):
 
 
 def test_findings_follow_the_numbers_and_skip_recipes_not_trained():
-    from diffeel.demo_report import findings
+    from diffeel.demo_report import _ablation, findings
 
     def run(**auprc):
         return {"methods": {m.replace("_", "/"): {g: {"auprc": v} for g, v in zip(("whole", "clear", "adverse"), values)}
@@ -137,6 +137,7 @@ def test_findings_follow_the_numbers_and_skip_recipes_not_trained():
                 "rpl+eel_energy": (0.25, 0.39, 0.2), "rpl+eel_msp": (0.21, 0.3, 0.19)})
     claims = {f["claim"]: f["holds"] for f in findings(quick)}
     assert not any("RPL loss" in claim for claim in claims)  # no rpl recipe: not measured, not "failed"
+    assert [row[0] for row in _ablation(quick)[1]] == ["anomaly score (rpl+eel model)"] * 3  # no one-sided loss ablation
     assert claims["rpl+eel/eel beats closed/msp by at least 5 AUPRC points (whole test set)"] is True
     assert claims["EEL score ≥ energy ≥ MSP (rpl+eel model)"] is True
     worse = run(closed_msp=(0.20, 0.30, 0.15), closed_energy=(0.22, 0.35, 0.18), **{"rpl+eel_eel": (0.249, 0.40, 0.20),

@@ -73,16 +73,12 @@ def _table2(results) -> tuple[list[str], list[list]]:
 
 def _ablation(results) -> tuple[list[str], list[list]]:
     header = ["study", "variant", "whole AUPRC", "whole FPR95", "adverse AUPRC"]
-    rows = []
-    for score in ("energy", "entropy", "eel"):
-        rows.append(["anomaly score (rpl+eel model)", score] + [_metric(results, f"rpl+eel/{score}", g, k) for g, k in (("whole", "auprc"), ("whole", "fpr95"), ("adverse", "auprc"))])
-    for recipe, label in (("rpl", "RPL loss"), ("rpl+eel", "EEL loss (Eq. 8)")):
-        if f"{recipe}/eel" not in results["methods"]:
-            continue
-        rows.append(["training loss (EEL score)", label] + [_metric(results, f"{recipe}/eel", g, k) for g, k in (("whole", "auprc"), ("whole", "fpr95"), ("adverse", "auprc"))])
+    cells = lambda method: [_metric(results, method, g, k) for g, k in (("whole", "auprc"), ("whole", "fpr95"), ("adverse", "auprc"))]  # noqa: E731
+    rows = [["anomaly score (rpl+eel model)", score, *cells(f"rpl+eel/{score}")] for score in ("energy", "entropy", "eel")]
+    if "rpl/eel" in results["methods"]:  # the loss ablation needs the RPL-loss recipe too
+        rows += [["training loss (EEL score)", label, *cells(f"{recipe}/eel")] for recipe, label in (("rpl", "RPL loss"), ("rpl+eel", "EEL loss (Eq. 8)"))]
     if "rpl+eel k=3/eel" in results["methods"]:
-        for recipe, label in (("rpl+eel", "1 object / image"), ("rpl+eel k=3", "3 objects / image")):
-            rows.append(["pasted objects (EEL)", label] + [_metric(results, f"{recipe}/eel", g, k) for g, k in (("whole", "auprc"), ("whole", "fpr95"), ("adverse", "auprc"))])
+        rows += [["pasted objects (EEL)", label, *cells(f"{recipe}/eel")] for recipe, label in (("rpl+eel", "1 object / image"), ("rpl+eel k=3", "3 objects / image"))]
     return header, rows
 
 
