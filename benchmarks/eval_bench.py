@@ -18,6 +18,7 @@ import sys
 import time
 
 import numpy as np
+from _scenes import blob_labels
 from sklearn.metrics import average_precision_score, roc_curve
 
 from diffeel.metrics import PixelMetrics
@@ -28,14 +29,9 @@ SMIYC_BINS = 768
 
 def make_frames(count: int, width: int, height: int, seed: int):
     rng = np.random.default_rng(seed)
-    rows, cols = np.ogrid[:height, :width]
     frames = []
     for _ in range(count):
-        labels = np.zeros((height, width), dtype=np.uint8)
-        labels[: height // 6] = 255
-        for _ in range(rng.integers(1, 4)):
-            r, c, radius = rng.uniform(0.55, 0.9) * height, rng.uniform(0.2, 0.8) * width, rng.uniform(0.01, 0.05) * width
-            labels[((rows - r) / (0.7 * radius)) ** 2 + ((cols - c) / radius) ** 2 <= 1] = 1
+        labels = blob_labels(rng, width, height, void_share=1 / 6, max_blobs=3)
         logits = rng.standard_normal((height, width), dtype=np.float32) + 1.5 * (labels == 1)
         frames.append(((1 / (1 + np.exp(-logits))).astype(np.float16), labels))
     return frames

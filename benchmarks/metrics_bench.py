@@ -25,6 +25,7 @@ import sys
 import time
 
 import numpy as np
+from _scenes import blob_labels
 from sklearn.metrics import average_precision_score, roc_curve
 
 from diffeel.metrics import PixelMetrics
@@ -35,19 +36,7 @@ TARGETS = {"float16": 50.0, "float32": 5.0}
 def make_layouts(width: int, height: int, count: int, seed: int) -> list[np.ndarray]:
     """A few label maps: void band at the top, inlier elsewhere, elliptic anomaly blobs below the horizon."""
     rng = np.random.default_rng(seed)
-    rows, cols = np.ogrid[:height, :width]
-    layouts = []
-    for _ in range(count):
-        labels = np.zeros((height, width), dtype=np.uint8)
-        labels[: height // 8] = 255
-        for _ in range(rng.integers(1, 5)):
-            centre_row = rng.uniform(0.55, 0.9) * height
-            centre_col = rng.uniform(0.2, 0.8) * width
-            radius = rng.uniform(0.01, 0.05) * width
-            inside = ((rows - centre_row) / (radius * 0.7)) ** 2 + ((cols - centre_col) / radius) ** 2 <= 1
-            labels[inside] = 1
-        layouts.append(labels)
-    return layouts
+    return [blob_labels(rng, width, height, void_share=1 / 8, max_blobs=4) for _ in range(count)]
 
 
 def make_frame(layout: np.ndarray, index: int, seed: int, dtype) -> np.ndarray:
