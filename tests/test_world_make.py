@@ -48,7 +48,7 @@ def test_world_is_identical_whatever_jobs_and_resumes_after_interruption(tmp_pat
 
     # an interrupted run: some frames missing, one temporary file left by a kill
     damaged = tmp_path / "two"
-    fog = next(p for p in sorted((damaged / "test" / "images").glob("fog_*.png")))
+    fog = sorted((damaged / "test" / "images").glob("fog_*.png"))[0]
     fog.unlink()
     (damaged / "train" / "depth" / "train_00001.npy").unlink()
     (damaged / "test" / "labels" / ".rain_0001.png.tmp").write_bytes(b"partial")

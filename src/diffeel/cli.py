@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         "figures to --out. Everything is cached under --out/cache and resumes after interruption.",
     )
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    demo.add_argument("--quick", action="store_true", help="a smaller run (about 2 minutes on 2 cores)")
+    demo.add_argument("--quick", action="store_true", help="a smaller run: closed and rpl+eel only (about 2.5 minutes on 2 cores)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     demo.add_argument("--jobs", type=int, default=1, help="worker processes for building the world")
