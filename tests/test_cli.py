@@ -37,7 +37,7 @@ def test_score_command_writes_library_scores_and_resumes(tmp_path, rng, capsys):
     written = np.load(out / "frame_a.npy")
     np.testing.assert_allclose(written, scores.gaussian_smooth(scores.energy(first[None]))[0], rtol=1e-6)
     np.testing.assert_array_equal(np.load(out / "frame_c.npy"), written)
-    assert np.load(out / "frame_b.npy").shape == (1, 12, 16)
+    assert np.load(out / "frame_b.npy").shape == (12, 16)  # a batch of one is one frame
     assert "wrote 3 score map(s)" in capsys.readouterr().out
 
     (out / "frame_a.npy").unlink()
@@ -68,3 +68,15 @@ def test_score_command_bad_input_is_one_sentence_without_output(tmp_path, conten
     assert message in stderr and "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1 and stderr.strip().endswith(".")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_score_command_writes_one_map_per_frame_of_a_batch_that_eval_reads(tmp_path, rng, capsys):
+    logits = rng.normal(size=(3, 19, 8, 10)).astype(np.float32)
+    np.save(tmp_path / "batch.npy", logits)
+    out = tmp_path / "scores"
+    assert main(["score", str(tmp_path / "batch.npy"), "--score", "msp", "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["batch_0000.npy", "batch_0001.npy", "batch_0002.npy"]
+    for index in range(3):
+        np.testing.assert_allclose(np.load(out / f"batch_{index:04d}.npy"), scores.msp(logits)[index], rtol=1e-6)
+    assert main(["score", str(tmp_path / "batch.npy"), "--score", "msp", "--out", str(out), "--quiet"]) == 0
+    assert "kept 3 existing" in capsys.readouterr().out

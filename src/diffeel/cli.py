@@ -10,13 +10,22 @@ from . import __version__
 from .errors import DiffeelError
 
 
+def _score_targets(out_dir: Path, stem: str, batch: int) -> list[Path]:
+    """One map per frame: ``{stem}.npy`` for a single frame, ``{stem}_{i:04d}.npy`` for a batch."""
+    if batch == 1:
+        return [out_dir / f"{stem}.npy"]
+    return [out_dir / f"{stem}_{index:04d}.npy" for index in range(batch)]
+
+
 def _score_command(args: argparse.Namespace) -> None:
     import numpy as np
     from tqdm import tqdm
 
     from .data.arrays import ARRAY_SUFFIXES, load_array, save_array_atomic
+    from .report.output import check_output_dir
     from .scores import compute_score, gaussian_smooth
 
+    check_output_dir(args.out, allowed=None)
     inputs: list[Path] = []
     for given in args.logits:
         path = Path(given)
@@ -35,10 +44,12 @@ def _score_command(args: argparse.Namespace) -> None:
 
     out_dir = Path(args.out)
     written = skipped = 0
-    for path in tqdm(inputs, desc=f"{args.score} scores", unit="map", disable=args.quiet):
-        target = out_dir / f"{path.stem}.npy"
-        if target.exists() and not args.overwrite:
+    claimed: set[Path] = set()
+    for path in tqdm(inputs, desc=f"{args.score} scores", unit="file", disable=args.quiet):
+        single = out_dir / f"{path.stem}.npy"
+        if single.exists() and not args.overwrite:
             skipped += 1
+            claimed.add(single)
             continue
         logits = load_array(path, key=args.key)
         if logits.ndim not in (3, 4) or logits.dtype.kind != "f":
@@ -46,13 +57,25 @@ def _score_command(args: argparse.Namespace) -> None:
                 f"{path} holds a {logits.dtype} array of shape {logits.shape}; expected float logits "
                 "(C, H, W) or (B, C, H, W)"
             )
-        score_map = compute_score(args.score, logits, alpha=args.alpha, dim=logits.ndim - 3)
-        if args.smooth:
-            score_map = gaussian_smooth(score_map)
-        if not np.isfinite(score_map).all():
+        if logits.ndim == 3:
+            logits = logits[None]
+        if min(logits.shape) == 0 or logits.shape[1] < 2:
+            raise DiffeelError(f"{path} holds logits of shape {logits.shape}; a score needs at least 2 classes and a non-empty image")
+        targets = _score_targets(out_dir, path.stem, logits.shape[0])
+        if claimed & set(targets):
+            raise DiffeelError(f"{path} would write {sorted(claimed & set(targets))[0].name}, which another input writes too")
+        claimed.update(targets)
+        if all(t.exists() for t in targets) and not args.overwrite:
+            skipped += len(targets)
+            continue
+        score_maps = compute_score(args.score, logits, alpha=args.alpha, dim=1)
+        if args.smooth == "rpl":
+            score_maps = gaussian_smooth(score_maps)
+        if not np.isfinite(score_maps).all():
             raise DiffeelError(f"{path} gives non-finite {args.score} scores; the logits contain NaN or inf")
-        save_array_atomic(target, score_map.astype(args.dtype))
-        written += 1
+        for target, score_map in zip(targets, score_maps):
+            save_array_atomic(target, score_map.astype(args.dtype))
+        written += len(targets)
     print(f"wrote {written} score map(s) to {out_dir}" + (f", kept {skipped} existing" if skipped else ""))
 
 
@@ -72,13 +95,14 @@ def _eval_command(args: argparse.Namespace) -> None:
 
     from .evaluation import EvalOptions, evaluate
     from .report import plots
-    from .report.output import atomic_output_dir, write_json
+    from .report.output import atomic_output_dir, check_output_dir, write_json
     from .report.tables import run_table_csv, run_table_markdown
 
+    check_output_dir(args.out)
     frames = _benchmark_frames(args)
     group_by = args.group_by if args.group_by is not None else DEFAULT_GROUPS.get(args.benchmark, "")
     options = EvalOptions(
-        group_by=tuple(g for g in group_by.split(",") if g),
+        group_by=tuple(g.strip() for g in group_by.split(",") if g.strip()),
         protocol=args.protocol,
         resize=args.resize,
         components=args.components,
@@ -120,8 +144,9 @@ def _eval_command(args: argparse.Namespace) -> None:
 
 def _compare_command(args: argparse.Namespace) -> None:
     from .report.compare import comparison_files, load_runs
-    from .report.output import atomic_output_dir
+    from .report.output import atomic_output_dir, check_output_dir
 
+    check_output_dir(args.out)
     runs = load_runs(args.runs)
     files = comparison_files(runs)
     with atomic_output_dir(args.out) as staging:
@@ -134,8 +159,10 @@ def _compare_command(args: argparse.Namespace) -> None:
 def _stats_command(args: argparse.Namespace) -> None:
     from .data.stats import benchmark_stats, stats_markdown
     from .report import plots
-    from .report.output import atomic_output_dir, write_json
+    from .report.output import atomic_output_dir, check_output_dir, write_json
 
+    if args.out:
+        check_output_dir(args.out)
     frames = _benchmark_frames(args)
     stats, material = benchmark_stats(frames, progress=not args.quiet)
     text = stats_markdown(args.benchmark, stats)
@@ -146,6 +173,21 @@ def _stats_command(args: argparse.Namespace) -> None:
             plots.save(plots.heatmap_figure(material["heatmap"], f"{args.benchmark}: where anomalies lie"), staging / "heatmap.png")
             plots.save(plots.histograms_figure(material["anomaly_percent"], material["component_sizes"]), staging / "sizes.png")
     print(text, end="")
+
+
+def _count(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum of {minimum}")
+        return value
+
+    return parse
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -169,8 +211,10 @@ def _world_make_command(args: argparse.Namespace) -> None:
 
 def _world_preview_command(args: argparse.Namespace) -> None:
     from .data.images import write_image_atomic
+    from .report.output import check_output_file
     from .world.preview import contact_sheet
 
+    check_output_file(args.out)
     write_image_atomic(args.out, contact_sheet(seed=args.seed, size=args.size))
     print(f"wrote {args.out}")
 
@@ -192,6 +236,9 @@ def _demo_command(args: argparse.Namespace) -> None:
     from .demo import DemoConfig, run_demo
     from .demo_report import main_methods
 
+    from .report.output import check_output_dir
+
+    check_output_dir(args.out, allowed=("cache",))
     config = DemoConfig.preset(args.quick, seed=args.seed, device=args.device, jobs=args.jobs)
     results = run_demo(config, args.out, progress=not args.quiet)
     methods = results["methods"]
@@ -231,13 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         help="turn saved logits into anomaly score maps (MSP, max-logit, energy, entropy, EEL)",
         description="Compute a pixel-wise anomaly score (higher = more anomalous) from saved logits "
-        "and write one .npy score map per input, same stem. Existing outputs are kept unless "
-        "--overwrite, so an interrupted run resumes.",
+        "and write one .npy score map per frame: {stem}.npy for a (C, H, W) or (1, C, H, W) input, "
+        "{stem}_0000.npy, {stem}_0001.npy, … for a (B, C, H, W) batch. Existing outputs are kept "
+        "unless --overwrite, so an interrupted run resumes.",
     )
     score.add_argument("logits", nargs="+", help="logits files (.npy, .npz, .pt) or folders of them; (C,H,W) or (B,C,H,W)")
     score.add_argument("--score", choices=sorted(SCORES), default="eel", help="score to compute (default: eel, Eq. 6)")
     score.add_argument("--alpha", type=float, default=1.0, help="entropy weight α of the EEL score (default: 1)")
-    score.add_argument("--smooth", action="store_true", help="Gaussian blur (7×7, σ=1) as RPL's inference does")
+    score.add_argument("--smooth", nargs="?", const="rpl", default="none", choices=("none", "rpl"),
+                       help="rpl: Gaussian blur (7 taps, σ=1, reflect) as RPL's inference does; the same as eval --protocol rpl "
+                       "applies (then evaluate with --protocol nearest). Plain --smooth means rpl")
     score.add_argument("--dtype", choices=("float16", "float32"), default="float32", help="stored dtype (default: float32)")
     score.add_argument("--key", help="array name inside .npz/.pt files holding several")
     score.add_argument("--out", required=True, help="output folder")
@@ -262,9 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--protocol", choices=sorted(PROTOCOLS), default="pooled", help="metric protocol (default pooled)")
     evaluation.add_argument("--resize", choices=("nearest", "bilinear"), help="resize score maps to the label size")
     evaluation.add_argument("--components", choices=("anomaly", "obstacle"), help="also component metrics (SMIYC track rules)")
-    evaluation.add_argument("--bootstrap", type=int, default=0, metavar="N", help="N bootstrap resamples for intervals")
-    evaluation.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    evaluation.add_argument("--jobs", type=int, default=1, help="worker processes (results identical to 1)")
+    evaluation.add_argument("--bootstrap", type=_count(0), default=0, metavar="N", help="N bootstrap resamples for intervals")
+    evaluation.add_argument("--seed", type=_count(0), default=0, help="bootstrap seed (default 0)")
+    evaluation.add_argument("--jobs", type=_count(1), default=1, help="worker processes (results identical to 1)")
     evaluation.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluation.set_defaults(handler=_eval_command)
 
@@ -300,9 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--quick", action="store_true", help="a smaller run: closed and rpl+eel only (about 2.5 minutes on 2 cores)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_count(0), default=0)
     demo.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    demo.add_argument("--jobs", type=int, default=1, help="worker processes for building the world")
+    demo.add_argument("--jobs", type=_count(1), default=1, help="worker processes for building the world")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_demo_command)
 
@@ -316,19 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
         "depth, and cut-outs of the training anomaly family). Rerunning resumes.",
     )
     make.add_argument("--out", required=True, help="output folder")
-    make.add_argument("--per-weather", type=int, default=10, help="test frames per adverse weather (default 10)")
-    make.add_argument("--clear", type=int, default=None,
+    make.add_argument("--per-weather", type=_count(0), default=10, help="test frames per adverse weather (default 10)")
+    make.add_argument("--clear", type=_count(0), default=None,
                       help="clear-weather test frames (default: ComsAmy's clear : adverse ratio, 250 : 218, i.e. 69 for 10 per weather)")
-    make.add_argument("--train", type=int, default=200, help="training frames (default 200)")
+    make.add_argument("--train", type=_count(0), default=200, help="training frames (default 200)")
     make.add_argument("--size", type=_size, default=(512, 256), help="WIDTHxHEIGHT (default 512x256)")
-    make.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
-    make.add_argument("--jobs", type=int, default=1, help="worker processes (same output whatever N)")
+    make.add_argument("--seed", type=_count(0), default=0, help="world seed (default 0)")
+    make.add_argument("--jobs", type=_count(1), default=1, help="worker processes, at most the CPU count (same output whatever N)")
     make.add_argument("--quiet", action="store_true", help="no progress bar")
     make.set_defaults(handler=_world_make_command)
     preview = world_commands.add_parser("preview", help="a contact sheet of scenes, labels and weathers")
     preview.add_argument("--out", required=True, help="PNG file to write")
     preview.add_argument("--size", type=_size, default=(384, 192), help="tile size WIDTHxHEIGHT (default 384x192)")
-    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--seed", type=_count(0), default=0)
     preview.set_defaults(handler=_world_preview_command)
 
     weather = commands.add_parser("weather", help="adverse-weather variants of any benchmark")
@@ -343,29 +393,61 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark_arguments(apply, required=False)
     apply.add_argument("--input", help="a plain folder of images instead of a benchmark")
     apply.add_argument("--condition", required=True, help="rain, night, frost, fog, blizzard, sandstorm or clear")
-    apply.add_argument("--severity", type=int, default=3, help="1 (light) .. 5 (extreme), default 3")
-    apply.add_argument("--seed", type=int, default=0, help="seed of the random layers (per frame: seed + index)")
+    apply.add_argument("--severity", type=int, choices=range(1, 6), metavar="1..5", default=3, help="1 (light) .. 5 (extreme), default 3")
+    apply.add_argument("--seed", type=_count(0), default=0, help="seed of the random layers (per frame: seed + index)")
     apply.add_argument("--out", required=True, help="output folder")
     apply.add_argument("--quiet", action="store_true", help="no progress bar")
     apply.set_defaults(handler=_weather_apply_command)
     return parser
 
 
+# Commands that keep finished work after an interrupt and pick it up when rerun.
+RESUMABLE = {"score", "world make", "demo"}
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that staging folders and locks are cleaned up."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    sub = getattr(args, "world_command", None) or getattr(args, "weather_command", None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    name = _command_name(args)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args.handler(args)
     except (DiffeelError, ValueError, TypeError, OSError) as error:
-        message = str(error).rstrip(".") or type(error).__name__
-        print(f"diffeel {args.command}: error: {message}.", file=sys.stderr)
+        message = " ".join(str(error).split()).rstrip(".") or type(error).__name__
+        print(f"diffeel {name}: error: {message}.", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"diffeel {args.command}: interrupted; finished outputs are kept, rerun to resume.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        kept = "finished outputs are kept, rerun to resume" if name in RESUMABLE else "nothing was written"
+        print(f"diffeel {name}: {'terminated' if isinstance(interrupt, _Terminated) else 'interrupted'}; {kept}.", file=sys.stderr)
+        return 143 if isinstance(interrupt, _Terminated) else 130
+    except Exception as error:  # a bug, not bad input: still one sentence; DIFFEEL_DEBUG=1 shows the traceback
+        if os.environ.get("DIFFEEL_DEBUG"):
+            raise
+        message = " ".join(str(error).split()).rstrip(".")
+        print(f"diffeel {name}: internal error ({type(error).__name__}: {message}); rerun with DIFFEEL_DEBUG=1 "
+              "for the traceback and please report it.", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     return 0
 
 

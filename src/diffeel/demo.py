@@ -184,7 +184,7 @@ def run_demo(config: DemoConfig, out, progress: bool = True) -> dict:
     results = {"methods": methods, "energy_gap": material["energy_gap"], "config": {**asdict(config), "size": list(config.size)},
                "n_test_frames": material["n_frames"], "timings": timings}
     results["findings"] = demo_report.findings(results)
-    with atomic_output_dir(out) as staging:
+    with atomic_output_dir(out, allowed=("cache",)) as staging:
         demo_report.write(staging, results, material)
         timings["total_s"] = time.perf_counter() - started
         write_json(staging / "results.json", results)

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data.benchmarks import ADVERSE_WEATHERS, Frame
+from .data.benchmarks import Frame, weather_condition
 from .data.score_maps import ScoreMaps
 from .errors import DiffeelError
 from .metrics import PixelMetrics, Protocol
-from .parallel import run_chunks, split
+from .metrics.pixel import smoothed
+from .parallel import run_chunks, split, worker_count
 
 ALL = ("all", "all")
 METRIC_KEYS = ("auprc", "fpr95", "auroc")
@@ -47,8 +48,23 @@ def group_keys(metadata: dict, group_by) -> list[tuple[str, str]]:
         for item in value if isinstance(value, (list, tuple)) else [value]:
             keys.append((name, str(item)))
         if name == "weather":
-            keys.append(("condition", "adverse" if value in ADVERSE_WEATHERS else "clear"))
+            keys.append(("condition", weather_condition(value)))
     return keys
+
+
+def check_group_fields(frames: list[Frame], group_by) -> None:
+    """Every grouping field must be metadata of some frame: a typo never silently gives no groups."""
+    present = sorted({name for frame in frames for name in frame.metadata})
+    for name in group_by:
+        if name not in present:
+            known = ", ".join(present) if present else "none (this benchmark has no metadata)"
+            raise DiffeelError(f"no frame has a {name!r} field to group by; the frames' fields are: {known}")
+
+
+def _protocol_scores(score: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """The score map the protocol's metrics see (smoothed for ``rpl``), for the paths beside
+    :class:`PixelMetrics` (components, bootstrap), which applies the protocol itself."""
+    return smoothed(score) if protocol.smooth else score
 
 
 def load_pair(frame: Frame, scores: ScoreMaps, resize: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +108,7 @@ def evaluate_frames(frames: list[Frame], scores_path: str, options: EvalOptions,
                 groups[key] = PixelMetrics(options.protocol, name=key[1] if key != ALL else "all")
             _update(groups[key], frame, score, label)
         if bootstrap is not None:
-            bootstrap.add(image_histogram(score, label), image_id=frame.id)
+            bootstrap.add(image_histogram(_protocol_scores(score, Protocol.resolve(options.protocol)), label), image_id=frame.id)
         if progress is not None:
             progress.update(1)
     return {"groups": groups, "bootstrap": bootstrap}
@@ -118,7 +134,7 @@ def component_states(frames: list[Frame], scores_path: str, options: EvalOptions
     metrics = ComponentMetrics(track=options.components)
     for frame in frames:
         score, label = load_pair(frame, scores, options.resize)
-        metrics.update(score, label, threshold)
+        metrics.update(_protocol_scores(score, Protocol.resolve(options.protocol)), label, threshold)
         if progress is not None:
             progress.update(1)
     return metrics
@@ -147,9 +163,12 @@ def evaluate(frames: list[Frame], scores_path, options: EvalOptions | None = Non
 
     options = options or EvalOptions()
     Protocol.resolve(options.protocol)  # fail early on a bad protocol name
+    if not frames:
+        raise DiffeelError("the benchmark lists no frames to evaluate")
+    check_group_fields(frames, options.group_by)
     scores_path = str(scores_path)
     ScoreMaps(scores_path).check([frame.id for frame in frames])
-    jobs = max(1, options.jobs)
+    jobs = worker_count(options.jobs)
     chunks = split(frames, jobs * 4 if jobs > 1 else 1)
     timings = {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 import zipfile
 from pathlib import Path
@@ -47,7 +48,7 @@ def load_array(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
             return loaded.float().numpy() if loaded.dtype == torch.bfloat16 else loaded.numpy()
     except DiffeelError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as error:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, pickle.UnpicklingError) as error:
         raise DiffeelError(f"{path} could not be read as an array file ({type(error).__name__})") from error
     raise DiffeelError(f"{path} is not an array file (expected one of {', '.join(ARRAY_SUFFIXES)})")
 

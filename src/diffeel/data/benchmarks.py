@@ -33,6 +33,18 @@ from .images import IMAGE_SUFFIXES, read_image, read_label
 WEATHERS = ("clear", "rain", "night", "frost", "fog", "blizzard", "sandstorm")
 ADVERSE_WEATHERS = WEATHERS[1:]
 LANDFORMS = ("highway", "urban", "country", "forest", "polar", "grassland", "desert")
+# Every weather name a loader can emit, and its condition. ``snow`` is RoadObstacle21's snowstorm
+# scenes (falling snow, snow-covered road): adverse, though not one of ComsAmy's seven names.
+WEATHER_CONDITIONS = {"clear": "clear", **{weather: "adverse" for weather in ADVERSE_WEATHERS}, "snow": "adverse"}
+
+
+def weather_condition(weather: str) -> str:
+    """``"clear"`` or ``"adverse"`` for a weather name; an unknown name is an error, never a guess."""
+    try:
+        return WEATHER_CONDITIONS[weather]
+    except (KeyError, TypeError):
+        raise DiffeelError(f"weather {weather!r} is neither clear nor one of the adverse conditions "
+                           f"({', '.join(w for w in WEATHER_CONDITIONS if w != 'clear')})") from None
 
 
 @dataclass
@@ -166,7 +178,12 @@ def load_fs_static(root, images=None, **_) -> list[Frame]:
 # ---- RoadAnomaly and LostAndFound -------------------------------------------------------------
 
 ROAD_ANOMALY_MAPPING = LabelMapping({0: 0, 2: 1})  # Lis et al.: 2 = anomaly, no void
-LOST_AND_FOUND_MAPPING = LabelMapping({0: 255, 1: 0, "*": 1})  # 0 outside free space, 1 road, ≥2 obstacle
+# LostAndFound labelIds: 0 outside the free space (void), 1 road, 2..43 obstacles. The non-hazard
+# ids (lying marker pole 31, lying post 33, post stand 34, small/squared timber 36/37, wheel cap 38,
+# thin wood 39) are void, as in the label table of RPL, PEBAL and Meta-OoD ("Random non-hazards").
+# The SegmentMeIfYouCan toolkit counts them as anomalies: --label-map 0:255,1:0,*:1 reproduces that.
+LOST_AND_FOUND_NON_HAZARDS = (31, 33, 34, 36, 37, 38, 39)
+LOST_AND_FOUND_MAPPING = LabelMapping({0: 255, 1: 0, **{i: 255 for i in LOST_AND_FOUND_NON_HAZARDS}, "*": 1})
 
 
 def load_road_anomaly(root, **_) -> list[Frame]:
@@ -186,8 +203,9 @@ def load_road_anomaly(root, **_) -> list[Frame]:
     return frames
 
 
-def load_lost_and_found(root, split: str = "test", **_) -> list[Frame]:
+def load_lost_and_found(root, split: str = "test", label_map=None, **_) -> list[Frame]:
     root = Path(root)
+    mapping = label_map if isinstance(label_map, LabelMapping) else LabelMapping(label_map) if label_map else LOST_AND_FOUND_MAPPING
     labels = _require_dir(root / "gtCoarse" / split, "label")
     images = _require_dir(root / "leftImg8bit" / split, "image")
     frames = []
@@ -196,7 +214,7 @@ def load_lost_and_found(root, split: str = "test", **_) -> list[Frame]:
         image = images / path.parent.name / f"{frame_id}_leftImg8bit.png"
         if not image.is_file():
             raise DiffeelError(f"label {path} has no image {image}")
-        frames.append(Frame(frame_id, path, image, {"weather": "clear", "scene": path.parent.name}, LOST_AND_FOUND_MAPPING))
+        frames.append(Frame(frame_id, path, image, {"weather": "clear", "scene": path.parent.name}, mapping))
     if not frames:
         raise _no_frames(labels, "<scene>/<id>_gtCoarse_labelIds.png")
     return frames
@@ -219,12 +237,21 @@ def read_manifest(path: Path) -> list[dict]:
                 rows = list(csv.DictReader(stream))
     except (OSError, json.JSONDecodeError, csv.Error, UnicodeDecodeError) as error:
         raise DiffeelError(f"{path} could not be read as a manifest ({type(error).__name__})") from error
+    if not rows:
+        raise DiffeelError(f"{path} lists no frames")
+    seen: dict[str, int] = {}
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or not str(row.get("id") or "").strip():
             raise DiffeelError(f"{path}: frame {number} has no id")
-        weather = row.get("weather", "clear")
+        frame_id = str(row["id"])
+        if frame_id in seen:
+            raise DiffeelError(f"{path}: frame {frame_id} is listed twice (rows {seen[frame_id]} and {number}); each frame may appear once")
+        seen[frame_id] = number
+        weather = row.get("weather")
+        if weather in (None, ""):
+            raise DiffeelError(f"{path}: frame {frame_id} has no weather; write one of {', '.join(WEATHERS)} (clear for good weather)")
         if weather not in WEATHERS:
-            raise DiffeelError(f"{path}: frame {row['id']} has weather {weather!r}, not one of {', '.join(WEATHERS)}")
+            raise DiffeelError(f"{path}: frame {frame_id} has weather {weather!r}, not one of {', '.join(WEATHERS)}")
         landform = row.get("landform")
         if landform not in (None, "") and landform not in LANDFORMS:
             raise DiffeelError(f"{path}: frame {row['id']} has landform {landform!r}, not one of {', '.join(LANDFORMS)}")
@@ -301,10 +328,23 @@ DISPLAY_NAMES = {
 }
 
 
+# Benchmarks whose layout carries a fixed label coding that --label-map may replace.
+LABEL_MAP_BENCHMARKS = ("folder", "laf")
+
+
 def load_benchmark(name: str, root, **options) -> list[Frame]:
-    """The frames of benchmark ``name`` under ``root`` (options: images, labels, label_map, split)."""
+    """The frames of benchmark ``name`` under ``root`` (options: images, labels, label_map, split).
+
+    Every frame's weather (where a loader sets one) is checked to be clear or adverse.
+    """
     if name not in BENCHMARKS:
         raise DiffeelError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
     if not Path(root).is_dir():
         raise DiffeelError(f"benchmark root {root} does not exist")
-    return BENCHMARKS[name](Path(root), **{k: v for k, v in options.items() if v is not None})
+    if options.get("label_map") is not None and name not in LABEL_MAP_BENCHMARKS:
+        raise DiffeelError(f"--label-map applies to the {' and '.join(LABEL_MAP_BENCHMARKS)} benchmarks, not {name} (its labels are fixed)")
+    frames = BENCHMARKS[name](Path(root), **{k: v for k, v in options.items() if v is not None})
+    for frame in frames:
+        if "weather" in frame.metadata:
+            weather_condition(frame.metadata["weather"])
+    return frames

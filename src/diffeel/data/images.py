@@ -63,6 +63,10 @@ def write_image_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write a uint8 image (PNG unless the suffix says otherwise) through a temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(temporary, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
-    os.replace(temporary, path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(array).save(temporary, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

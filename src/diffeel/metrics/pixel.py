@@ -12,7 +12,9 @@ Named alternatives: ``fpr95="nearest"`` (the ROC point whose TPR is nearest 0.95
 helper used by RPL's evaluation), ``auprc="trapezoid"`` (trapezoid under the PR curve with the
 (0, 1) anchor, ``sklearn.metrics.auc`` of ``precision_recall_curve``), ``per_image`` (metrics per
 image, then the mean over images having both classes) and ``skip_empty`` (pooled, images without
-anomaly pixels left out).
+anomaly pixels left out). ``rpl`` reproduces RPL's published evaluation in one name: each
+score map Gaussian-smoothed (7 taps, σ = 1, reflect padding, as RPL's inference does), pooled
+pixels, step-wise AUPRC (sklearn's ``average_precision_score``) and the "nearest" FPR95.
 
 Labels are 0 = inlier, 1 = anomaly, 255 = void (or anything else via ``label_map``). Scores are
 "higher = more anomalous", float16/32/64 (narrower integer dtypes are converted exactly).
@@ -48,6 +50,15 @@ TPR_TARGET_NUM, TPR_TARGET_DEN = 19, 20  # 0.95 as an exact integer ratio
 _CODE_INLIER, _CODE_ANOMALY, _CODE_VOID = 0, 1, 3
 
 
+def smoothed(scores: np.ndarray) -> np.ndarray:
+    """Score maps Gaussian-smoothed as RPL's inference does (float32; ``(H, W)`` or ``(B, H, W)``)."""
+    from ..scores import gaussian_smooth
+
+    if scores.ndim == 1:
+        raise ValueError("a smoothing protocol needs (H, W) score maps, not flat pixel lists")
+    return gaussian_smooth(np.asarray(scores, dtype=np.float32))
+
+
 class UndefinedMetricWarning(UserWarning):
     """A set lacks anomaly or inlier pixels, so its AUPRC/FPR95/AUROC are NaN."""
 
@@ -61,6 +72,7 @@ class Protocol:
     auprc: str = "step"  # "step" | "trapezoid"
     per_image: bool = False
     skip_empty: bool = False
+    smooth: bool = False  # Gaussian-smooth each score map first (RPL's inference, scores.gaussian_smooth)
 
     def __post_init__(self):
         if self.fpr95 not in ("first", "nearest"):
@@ -95,6 +107,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "trapezoid": Protocol("trapezoid", auprc="trapezoid"),
     "per_image": Protocol("per_image", per_image=True),
     "skip_empty": Protocol("skip_empty", skip_empty=True),
+    "rpl": Protocol("rpl", fpr95="nearest", smooth=True),
 }
 
 
@@ -283,6 +296,8 @@ class PixelMetrics:
             raise ValueError(f"score map shape {scores.shape} does not match label map shape {labels.shape}")
         if scores.ndim not in (1, 2, 3):
             raise ValueError(f"expected an (H, W) map or a (B, H, W) batch, got shape {scores.shape}")
+        if self.protocol.smooth:
+            scores = smoothed(scores)
         scores = _exact_float(scores)
         codes = self._labels.encode(labels)
         self._check_finite(scores, codes)

@@ -1,7 +1,7 @@
 """The RPL residual module (Liu et al., ICCV 2023) around any frozen DeepLabV3+-style host.
 
 ``atten_aspp`` and ``bot_atten_aspp`` start as copies of the host's ``aspp`` and ``bot_aspp``;
-``atten_aspp_final`` (1×1 to the decoder width) is Kaiming-initialised. The residual is added to
+``atten_aspp_final`` (1×1 to the decoder width) is Kaiming-initialised as RPL does (normal, fan_in). The residual is added to
 the host's decoder input: ``out1 = final(dec0)`` (the frozen model), ``out2 = final(dec0 + res)``.
 The host is frozen explicitly by module — its parameters never require gradients and it stays in
 eval mode (BatchNorm statistics untouched) whatever ``train()`` is called with.
@@ -22,7 +22,8 @@ class ResidualBlock(nn.Module):
         self.atten_aspp = copy.deepcopy(host.aspp)
         self.bot_atten_aspp = copy.deepcopy(host.bot_aspp)
         self.atten_aspp_final = nn.Conv2d(host.bot_aspp.out_channels, host.decoder_channels, 1, bias=False)
-        nn.init.kaiming_normal_(self.atten_aspp_final.weight, mode="fan_out", nonlinearity="relu")
+        # RPL's initialize_weights: PyTorch's default Kaiming normal (fan_in, gain √2)
+        nn.init.kaiming_normal_(self.atten_aspp_final.weight)
 
     def forward(self, deep: torch.Tensor, size) -> torch.Tensor:
         context = self.bot_atten_aspp(self.atten_aspp(deep))

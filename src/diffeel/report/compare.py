@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,18 @@ def load_runs(run_dirs) -> list[dict]:
     return runs
 
 
+def _read_curves(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            curves = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        raise DiffeelError(f"{path} could not be read ({type(error).__name__}); rerun diffeel eval for that run") from None
+    expected = {"precision", "fpr", "tpr"}
+    if not expected <= set(curves):
+        raise DiffeelError(f"{path} lacks the curve array(s) {', '.join(sorted(expected - set(curves)))}; rerun diffeel eval for that run")
+    return curves
+
+
 def _nan(value):
     return float("nan") if value is None else float(value)
 
@@ -64,8 +77,7 @@ def comparison_files(runs: list[dict]) -> dict[str, str]:
         for run in runs:
             curve_file = run["_dir"] / "curves.npz"
             if run["benchmark"] == benchmark and curve_file.is_file():
-                with np.load(curve_file) as archive:
-                    curve_sets[run["method"]] = {key: archive[key] for key in archive.files}
+                curve_sets[run["method"]] = _read_curves(curve_file)
         if curve_sets:
             sections.append((f"{DISPLAY_NAMES.get(benchmark, benchmark)}: PR and ROC curves", plots.svg(plots.curves_figure(curve_sets))))
     files["report.html"] = html_report.page("diffeel comparison", sections)

@@ -34,7 +34,7 @@ from ..data.benchmarks import ADVERSE_WEATHERS, LANDFORMS, WEATHERS
 from ..data.images import write_image_atomic
 from ..errors import DiffeelError
 from ..labels import ANOMALY, INLIER, VOID
-from ..parallel import run_chunks, split
+from ..parallel import run_chunks, split, worker_count
 from . import shapes
 from .scene import Scene, render_scene
 
@@ -147,9 +147,13 @@ def write_frame(root: str, plan: FramePlan, size: tuple[int, int]) -> bool:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _manifest(plans: list[FramePlan], fields: list[str]) -> str:
@@ -183,49 +187,82 @@ def write_objects(root: Path, world_seed: int) -> int:
     return len(rows)
 
 
+WORLD_FOLDERS = ("", "test", "train", "test/images", "test/labels", "train/images", "train/labels", "train/depth", "train/objects")
+
+
+def _read_settings(marker: Path) -> dict:
+    """The settings an earlier run recorded in world.json; a damaged file is an error."""
+    try:
+        settings = json.loads(marker.read_text())
+        if not isinstance(settings, dict):
+            raise ValueError("not an object")
+        for key in ("seed", "per_weather", "train", "format"):
+            if not isinstance(settings.get(key), int):
+                raise ValueError(f"no whole-number {key!r}")
+        if not (isinstance(settings.get("size"), list) and len(settings["size"]) == 2):
+            raise ValueError("no size")
+        if settings.get("clear") is not None and not isinstance(settings["clear"], int):
+            raise ValueError("clear is not a whole number")
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise DiffeelError(f"{marker} is damaged ({error}); remove the folder or choose another --out") from None
+    return settings
+
+
+def _planned_files(root: Path, plans: list[FramePlan]) -> set[Path]:
+    """Every file the plans write: frames and the manifests of the splits that have frames."""
+    return {path for plan in plans for path in _frame_files(root, plan)} | {root / plan.split / "manifest.csv" for plan in plans}
+
+
 def make_world(out, per_weather: int = 10, train: int = 200, size=(512, 256), seed: int = 0, jobs: int = 1,
                progress: bool = True, clear: int | None = None) -> dict:
-    """Write (or finish writing) the world under ``out``; returns counts of written/kept frames."""
+    """Write (or finish writing) the world under ``out``; returns counts of written/kept frames.
+
+    ``out`` must be new, empty or a world (it has ``world.json``); only files this world wrote are
+    ever removed, and one run at a time may write it (a second one fails at once).
+    """
     from tqdm import tqdm
 
-    root = Path(out)
-    settings = {"seed": seed, "size": list(size), "per_weather": per_weather, "clear": clear, "train": train, "format": WORLD_FORMAT}
-    marker = root / "world.json"
-    if marker.exists():
-        previous = json.loads(marker.read_text())
-        if {k: previous.get(k) for k in ("seed", "size", "format")} != {k: settings[k] for k in ("seed", "size", "format")}:
-            raise DiffeelError(f"{root} holds a world made with other settings ({marker.name}); choose another --out")
-    root.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(marker, json.dumps(settings, indent=2) + "\n")
-    for stale in root.rglob(".*.tmp"):  # left by an interrupted run
-        stale.unlink()
+    from ..report.output import check_output_dir, exclusive_lock
 
-    test_plans, train_plans = plan_test(seed, per_weather, clear), plan_train(seed, train)
-    plans = test_plans + train_plans
-    chunks = split(plans, jobs * 4) if jobs > 1 else [plans]
-    with tqdm(total=len(plans), desc="world", unit="frame", disable=not progress) as bar:
-        written = sum(sum(part) for part in run_chunks(_write_chunk, chunks, (str(root), tuple(size)), jobs, bar))
-    _remove_unplanned(root, plans)
-    if test_plans:
-        _write_text_atomic(root / "test" / "manifest.csv", _manifest(test_plans, ["id", "weather", "landform", "anomalies", "seed", "severity"]))
-    if train_plans:
-        _write_text_atomic(root / "train" / "manifest.csv", _manifest(train_plans, ["id", "landform", "seed"]))
-    n_objects = write_objects(root, seed)
+    for name, value in (("per_weather", per_weather), ("train", train), ("seed", seed), ("clear", clear)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
+            raise DiffeelError(f"{name} must be a whole number of at least 0, got {value!r}")
+    jobs = worker_count(jobs)
+    root = check_output_dir(out, allowed=None)
+    if root.is_dir() and any(root.iterdir()) and not (root / "world.json").is_file():
+        raise DiffeelError(f"--out {root} is not empty and holds no world (no world.json); choose an empty or new folder")
+    settings = {"seed": seed, "size": list(size), "per_weather": per_weather, "clear": clear, "train": train, "format": WORLD_FORMAT}
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(root.parent / f".{root.name}.lock", f"the world {root}"):
+        marker = root / "world.json"
+        previous_plans: list[FramePlan] = []
+        if marker.exists():
+            previous = _read_settings(marker)
+            if {k: previous.get(k) for k in ("seed", "size", "format")} != {k: settings[k] for k in ("seed", "size", "format")}:
+                raise DiffeelError(f"{root} holds a world made with other settings ({marker.name}); choose another --out")
+            previous_plans = plan_test(seed, previous["per_weather"], previous.get("clear")) + plan_train(seed, previous["train"])
+        test_plans, train_plans = plan_test(seed, per_weather, clear), plan_train(seed, train)
+        plans = test_plans + train_plans
+        # Frames an earlier run planned and this one does not go first, while world.json still
+        # names that run: an interrupted cleanup is finished by the next run.
+        for path in sorted(_planned_files(root, previous_plans) - _planned_files(root, plans)):
+            path.unlink(missing_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(marker, json.dumps(settings, indent=2) + "\n")
+        for folder in WORLD_FOLDERS:  # temporaries of an interrupted run (our own names only)
+            for stale in (root / folder).glob(".*.tmp"):
+                stale.unlink()
+
+        chunks = split(plans, jobs * 4) if jobs > 1 else [plans]
+        with tqdm(total=len(plans), desc="world", unit="frame", disable=not progress) as bar:
+            written = sum(sum(part) for part in run_chunks(_write_chunk, chunks, (str(root), tuple(size)), jobs, bar))
+        for split_name, split_plans, fields in (("test", test_plans, ["id", "weather", "landform", "anomalies", "seed", "severity"]),
+                                                ("train", train_plans, ["id", "landform", "seed"])):
+            if split_plans:
+                _write_text_atomic(root / split_name / "manifest.csv", _manifest(split_plans, fields))
+        n_objects = write_objects(root, seed)
     return {"written": written, "kept": len(plans) - written, "test": len(test_plans), "train": len(train_plans), "objects": n_objects,
             "clear": sum(plan.weather == "clear" for plan in test_plans)}
-
-
-def _remove_unplanned(root: Path, plans: list[FramePlan]) -> None:
-    """Delete frames a previous run with other counts (--per-weather, --clear, --train) wrote, so
-    that the folder always holds exactly the planned frames and its manifests."""
-    planned = {(plan.split, plan.id) for plan in plans}
-    for split_name in ("test", "train"):
-        for folder in ("images", "labels", "depth"):
-            for path in (root / split_name / folder).glob("*.*"):
-                if (split_name, path.stem) not in planned:
-                    path.unlink()
-        if not any(split_name == planned_split for planned_split, _ in planned):
-            (root / split_name / "manifest.csv").unlink(missing_ok=True)
 
 
 def _write_chunk(plans: list[FramePlan], root: str, size: tuple[int, int], progress=None) -> list[bool]:
