@@ -254,6 +254,44 @@ def _demo_command(args: argparse.Namespace) -> None:
           f"({results['timings']['total_s']:.0f} s)")
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """``key=value`` with a JSON value (``lr=1e-4``, ``crop=null``, ``crop=[512,512]``) or a bare word."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form setting=value")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def _train_command(args: argparse.Namespace) -> None:
+    from .train.recipes import describe, load_small_host, preset, train_on_world
+
+    overrides = dict(args.set or [])
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    config = preset(args.recipe, **overrides)
+    if args.show_config:
+        print(describe(args.recipe, config), end="")
+        return
+    if not args.world or not args.out:
+        raise DiffeelError("give --world (a folder made by diffeel world make) and --out to train, or --show-config to print the settings")
+    world_train = Path(args.world) / "train"
+    host = load_small_host(args.host) if args.host else None
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DiffeelError("--device cuda was asked for, but no CUDA device is available")
+    if host is not None:
+        host = host.to(args.device)
+    train_on_world(config, world_train, args.out, host=host, device=args.device, progress=not args.quiet)
+    print(f"trained {args.recipe} for {config.steps} steps → {Path(args.out) / 'checkpoint.pt'} (log.jsonl beside it)")
+
+
 def _add_benchmark_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     from .data.benchmarks import BENCHMARKS
 
@@ -356,6 +394,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_demo_command)
 
+    from .train.recipes import RECIPES
+
+    training = commands.add_parser(
+        "train",
+        help="train a recipe (closed host, RPL, RPL+EEL) on the embedded world, or print a recipe's settings",
+        description="Presets: rpl, rpl+eel, m2a, m2a+eel (the published settings) and demo-closed, demo-rpl, "
+        "demo-rpl+eel (the demo's CPU-sized ones). --show-config prints every setting and where its value "
+        "comes from. Training runs on a world's training split (diffeel world make) with the small DeepLab "
+        "host; rpl and rpl+eel recipes train the RPL module around a closed host given by --host. Resumes "
+        "from --out/checkpoint.pt; the checkpoint stores the settings that ran.",
+    )
+    training.add_argument("--recipe", required=True, choices=RECIPES, help="preset to start from")
+    training.add_argument("--set", action="append", type=_setting, metavar="SETTING=VALUE",
+                          help="override a setting, e.g. --set lr=1e-4 --set crop=null (repeatable)")
+    training.add_argument("--show-config", action="store_true", help="print the settings and exit")
+    training.add_argument("--world", help="a world folder (its train/ split is used)")
+    training.add_argument("--host", help="the closed host's run folder or checkpoint (rpl, rpl+eel recipes)")
+    training.add_argument("--out", help="run folder (checkpoint.pt, log.jsonl)")
+    training.add_argument("--seed", type=_count(0), help="seed (default: the preset's, 0)")
+    training.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    training.add_argument("--quiet", action="store_true", help="no progress bar")
+    training.set_defaults(handler=_train_command)
+
     world = commands.add_parser("world", help="the embedded world: procedural road scenes with exact labels")
     world_commands = world.add_subparsers(dest="world_command", metavar="COMMAND", required=True)
     make = world_commands.add_parser(
@@ -402,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that keep finished work after an interrupt and pick it up when rerun.
-RESUMABLE = {"score", "world make", "demo"}
+RESUMABLE = {"score", "world make", "demo", "train"}
 
 
 class _Terminated(KeyboardInterrupt):

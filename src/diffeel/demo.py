@@ -3,10 +3,12 @@
 1. Build the world (cached): a ComsAmy-format test set over seven weathers with an *unseen*
    anomaly family (animals; clear : adverse frames in ComsAmy's 250 : 218 ratio), and a
    clear-weather training split with cut-outs of another family (debris).
-2. Train the recipes (cached, resumable): ``closed`` (a small DeepLabV3+), ``rpl`` (the RPL
-   residual module on copy-pasted debris, RPL's loss) and ``rpl+eel`` (the same with Eq. 8);
-   the default run adds ``rpl+eel k=3`` (three pasted objects per image) for the ablation. The
-   quick run trains ``closed`` and ``rpl+eel`` only.
+2. Train the recipes (cached, resumable; the ``demo-*`` presets of :mod:`diffeel.train.recipes`):
+   ``closed`` (a small DeepLabV3+); the RPL residual module with ``rpl`` (RPL's loss on RPL's
+   random-paste mixing, as published), ``rpl-loss`` (RPL's loss on diffeel's placement data) and
+   ``rpl+eel`` (Eq. 8 on diffeel's placement data); for Table V, ``rpl+eel`` on 25 % and 50 %
+   of the debris bank and with three objects per image. The quick run trains ``closed`` and
+   ``rpl+eel`` only.
 3. Evaluate every recipe with the scores MSP, max-logit, energy, entropy and EEL on the test set,
    whole / clear / adverse / per weather, and write ``results.json``, ``report.md``,
    ``report.html`` and the figures (Table II, Figure 8, Table V, Figure 6, Figure 7 shapes).
@@ -29,6 +31,9 @@ from .metrics import PixelMetrics
 from .scores import SCORES, all_scores
 
 
+DEMO_RECIPES = 2  # bumped when the demo's recipes change, so that old checkpoints are not reused
+
+
 @dataclass
 class DemoConfig:
     quick: bool = False
@@ -41,8 +46,9 @@ class DemoConfig:
     batch_size: int = 8
     closed_lr: float = 3e-3
     residual_lr: float = 3e-4
-    rpl_baseline: bool = True  # train the RPL-loss recipe (Table II's RPL row, Table V's loss ablation)
-    ablate_objects: bool = True
+    rpl_baseline: bool = True  # train RPL's recipe (Table II's RPL row, Table V's loss ablation)
+    ablate_pool: bool = True  # Table V's amount of anomalous objects: 25 % / 50 % of the object bank
+    ablate_objects: bool = True  # three pasted objects per image (an extra row)
     device: str = "cpu"
     jobs: int = 1
 
@@ -51,7 +57,7 @@ class DemoConfig:
         if quick:
             # the quick run spends its 3 minutes on the host and on rpl+eel, and skips the baselines
             base = cls(quick=True, per_weather=6, train_frames=160, closed_steps=560, residual_steps=140, rpl_baseline=False,
-                       ablate_objects=False)
+                       ablate_pool=False, ablate_objects=False)
         else:
             base = cls()
         return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
@@ -63,43 +69,42 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _train_recipes(config: DemoConfig, cache: Path, progress: bool) -> dict:
-    from .synth import CopyPasteSynthesizer, ObjectBank
-    from .train import TrainConfig, train
-    from .train.recipes import TrainingImages, closed_loss, closed_model, residual_loss, residual_model
+# The residual runs: (name, preset, overrides, ablation flag). ``rpl`` is RPL as published (its loss
+# on its own random-paste mixing); ``rpl-loss`` is RPL's loss on diffeel's placement data, so
+# that Table V compares the losses on the same data; the pool runs use 25 % / 50 % of the debris
+# bank (Table V's amount of anomalous objects); k=3 pastes three objects per image.
+RESIDUAL_RUNS = (
+    ("rpl", "demo-rpl", {}, "rpl_baseline"),
+    ("rpl-loss", "demo-rpl", {"synthesizer": "placement"}, "rpl_baseline"),
+    ("rpl+eel", "demo-rpl+eel", {}, None),
+    ("rpl+eel pool 25%", "demo-rpl+eel", {"object_pool": 0.25}, "ablate_pool"),
+    ("rpl+eel pool 50%", "demo-rpl+eel", {"object_pool": 0.5}, "ablate_pool"),
+    ("rpl+eel k=3", "demo-rpl+eel", {"objects_per_image": 3}, "ablate_objects"),
+)
 
-    device = _device(config.device)
+
+def _train_recipes(config: DemoConfig, cache: Path, progress: bool) -> tuple[dict, dict, dict]:
+    from .train.recipes import load_small_host, preset, train_on_world
+
+    _device(config.device)
     world_train = cache / "world" / "train"
     timings = {}
-
-    def run(name, train_config, model, groups, data, loss):
+    common = {"batch_size": config.batch_size, "seed": config.seed}
+    started = time.perf_counter()
+    closed = preset("demo-closed", steps=config.closed_steps, lr=config.closed_lr, **common)
+    train_on_world(closed, world_train, cache / "closed", device=config.device, progress=progress)
+    host = load_small_host(cache / "closed").to(config.device)
+    timings["closed"] = time.perf_counter() - started
+    models, runs = {"closed": host}, {"closed": closed}
+    for name, recipe, overrides, flag in RESIDUAL_RUNS:
+        if flag is not None and not getattr(config, flag):
+            continue
         started = time.perf_counter()
-
-        def batch(step):
-            images, labels = data.batch(config.seed, step, config.batch_size)
-            # channels-last convolutions are ~15 % faster on CPU here
-            return images.to(device).contiguous(memory_format=torch.channels_last), labels.to(device)
-
-        train(train_config, model.to(device, memory_format=torch.channels_last), groups, batch, loss, cache / name, progress=progress)
+        run_config = preset(recipe, steps=config.residual_steps, lr=config.residual_lr, **common, **overrides)
+        models[name] = train_on_world(run_config, world_train, cache / name, host=host, device=config.device, progress=progress)
+        runs[name] = run_config
         timings[name] = time.perf_counter() - started
-        return model
-
-    closed_config = TrainConfig("closed", config.closed_steps, config.batch_size, config.closed_lr, seed=config.seed)
-    host, groups = closed_model(config.seed)
-    host = run("closed", closed_config, host, groups, TrainingImages(world_train), closed_loss)
-
-    bank = ObjectBank.from_folder(world_train / "objects")
-    models = {"closed": host}
-    residual_runs = ([("rpl", "rpl", 1)] if config.rpl_baseline else []) + [("rpl+eel", "rpl+eel", 1)]
-    if config.ablate_objects:
-        residual_runs.append(("rpl+eel k=3", "rpl+eel", 3))
-    for name, recipe, objects in residual_runs:
-        train_config = TrainConfig(recipe, config.residual_steps, config.batch_size, config.residual_lr, weight_decay=0.0,
-                                   seed=config.seed, objects_per_image=objects)
-        data = TrainingImages(world_train, CopyPasteSynthesizer(bank, objects_per_image=objects))
-        model, groups = residual_model(host, config.seed, config.residual_lr)
-        models[name] = run(name, train_config, model, groups, data, residual_loss(recipe))
-    return models, timings
+    return models, runs, timings
 
 
 @torch.no_grad()
@@ -168,7 +173,7 @@ def run_demo(config: DemoConfig, out, progress: bool = True) -> dict:
 
     out = Path(out)
     # one cache per configuration, so that quick and default runs (or other seeds) never mix
-    settings = {**{k: v for k, v in asdict(config).items() if k != "jobs"}, "world_format": WORLD_FORMAT}
+    settings = {**{k: v for k, v in asdict(config).items() if k != "jobs"}, "world_format": WORLD_FORMAT, "recipes": DEMO_RECIPES}
     fingerprint = hashlib.sha1(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:8]
     cache = out / "cache" / f"{'quick' if config.quick else 'default'}-{fingerprint}"
     started = time.perf_counter()
@@ -176,12 +181,14 @@ def run_demo(config: DemoConfig, out, progress: bool = True) -> dict:
     make_world(cache / "world", per_weather=config.per_weather, train=config.train_frames, size=config.size,
                seed=config.seed, jobs=config.jobs, progress=progress)
     timings["world_s"] = time.perf_counter() - started
-    models, train_timings = _train_recipes(config, cache, progress)
+    models, runs, train_timings = _train_recipes(config, cache, progress)
     timings.update({f"train_{k}_s": v for k, v in train_timings.items()})
     evaluation_started = time.perf_counter()
     methods, material = evaluate_models(models, cache / "world" / "test", config.device)
     timings["evaluation_s"] = time.perf_counter() - evaluation_started
+    run_fields = ("loss", "synthesizer", "object_pool", "objects_per_image", "steps", "lr", "optimizer")
     results = {"methods": methods, "energy_gap": material["energy_gap"], "config": {**asdict(config), "size": list(config.size)},
+               "runs": {name: {k: getattr(run, k) for k in run_fields} for name, run in runs.items()},
                "n_test_frames": material["n_frames"], "timings": timings}
     results["findings"] = demo_report.findings(results)
     with atomic_output_dir(out, allowed=("cache",)) as staging:

@@ -14,6 +14,8 @@ from .report import plots
 from .report.tables import percent
 
 MAIN_METHODS = ("closed/msp", "closed/energy", "rpl/energy", "rpl+eel/eel")
+POOL_RUNS = ("rpl+eel pool 25%", "rpl+eel pool 50%", "rpl+eel")  # 25 / 50 / 100 % of the object bank
+DATA_NAMES = {"rpl-mix": "RPL's random paste", "placement": "diffeel placement + illumination", "none": "inliers only"}
 
 
 def _auprc(results: dict, method: str, group: str = "whole") -> float:
@@ -43,19 +45,31 @@ def findings(results: dict) -> list[dict]:
          a("rpl+eel/eel") >= a("rpl+eel/energy") >= a("rpl+eel/msp"),
          f"{100 * a('rpl+eel/eel'):.2f} ≥ {100 * a('rpl+eel/energy'):.2f} ≥ {100 * a('rpl+eel/msp'):.2f}"),
     ]
-    if trained("rpl/eel"):
+    if trained("rpl/energy"):
+        checks.append(("RPL + DiffEEL (EEL loss and score, diffeel's data) beats RPL as published (its loss, mixing and energy score)",
+                       a("rpl+eel/eel") >= a("rpl/energy"), f"{100 * a('rpl+eel/eel'):.2f} vs {100 * a('rpl/energy'):.2f}"))
+    if trained("rpl-loss/eel"):
         checks += [
-            ("EEL loss ≥ RPL loss (same EEL score)", a("rpl+eel/eel") >= a("rpl/eel"), f"{100 * a('rpl+eel/eel'):.2f} vs {100 * a('rpl/eel'):.2f}"),
-            ("EEL loss ≥ RPL loss (same energy score)", a("rpl+eel/energy") >= a("rpl/energy"), f"{100 * a('rpl+eel/energy'):.2f} vs {100 * a('rpl/energy'):.2f}"),
+            ("EEL loss ≥ RPL loss (same data, same EEL score)", a("rpl+eel/eel") >= a("rpl-loss/eel"),
+             f"{100 * a('rpl+eel/eel'):.2f} vs {100 * a('rpl-loss/eel'):.2f}"),
+            ("EEL loss ≥ RPL loss (same data, same energy score)", a("rpl+eel/energy") >= a("rpl-loss/energy"),
+             f"{100 * a('rpl+eel/energy'):.2f} vs {100 * a('rpl-loss/energy'):.2f}"),
         ]
+    if trained("rpl/energy", "rpl-loss/energy"):
+        checks.append(("diffeel's placement beats RPL's random paste (RPL loss, energy score)", a("rpl-loss/energy") >= a("rpl/energy"),
+                       f"{100 * a('rpl-loss/energy'):.2f} vs {100 * a('rpl/energy'):.2f}"))
     checks.append(("adverse weather degrades every main method", all(a(m, "adverse") < a(m, "clear") for m in main),
                    ", ".join(f"{m}: {100 * a(m, 'clear'):.1f}→{100 * a(m, 'adverse'):.1f}" for m in main)))
     gaps = results.get("energy_gap", {})
-    if "rpl" in gaps and "rpl+eel" in gaps:
-        checks.append(("EEL loss widens the energy gap between hard inliers and hard anomalies (Figure 7)",
-                       gaps["rpl+eel"]["gap"] > gaps["rpl"]["gap"], f"{gaps['rpl+eel']['gap']:.2f} vs {gaps['rpl']['gap']:.2f}"))
+    if "rpl-loss" in gaps and "rpl+eel" in gaps:
+        checks.append(("EEL loss widens the energy gap between hard inliers and hard anomalies (Figure 7; same data)",
+                       gaps["rpl+eel"]["gap"] > gaps["rpl-loss"]["gap"], f"{gaps['rpl+eel']['gap']:.2f} vs {gaps['rpl-loss']['gap']:.2f}"))
+    if trained("rpl+eel pool 25%/eel", "rpl+eel pool 50%/eel"):
+        pools = [a(f"{run}/eel") for run in POOL_RUNS]
+        checks.append(("more synthesized objects help (Table V: 25 % ≤ 50 % ≤ 100 % of the object pool)", pools[0] <= pools[1] <= pools[2],
+                       " ≤ ".join(f"{100 * value:.2f}" for value in pools)))
     if trained("rpl+eel k=3/eel"):
-        checks.append(("three pasted objects per image help (rpl+eel)", a("rpl+eel k=3/eel") >= a("rpl+eel/eel"),
+        checks.append(("three pasted objects per image help (rpl+eel; objects per image, not the pool size)", a("rpl+eel k=3/eel") >= a("rpl+eel/eel"),
                        f"{100 * a('rpl+eel k=3/eel'):.2f} vs {100 * a('rpl+eel/eel'):.2f}"))
     return [{"claim": claim, "holds": bool(holds), "evidence": evidence} for claim, holds, evidence in checks]
 
@@ -74,11 +88,28 @@ def _table2(results) -> tuple[list[str], list[list]]:
 def _ablation(results) -> tuple[list[str], list[list]]:
     header = ["study", "variant", "whole AUPRC", "whole FPR95", "adverse AUPRC"]
     cells = lambda method: [_metric(results, method, g, k) for g, k in (("whole", "auprc"), ("whole", "fpr95"), ("adverse", "auprc"))]  # noqa: E731
+    present = lambda *runs: all(f"{run}/eel" in results["methods"] for run in runs)  # noqa: E731
     rows = [["anomaly score (rpl+eel model)", score, *cells(f"rpl+eel/{score}")] for score in ("energy", "entropy", "eel")]
-    if "rpl/eel" in results["methods"]:  # the loss ablation needs the RPL-loss recipe too
-        rows += [["training loss (EEL score)", label, *cells(f"{recipe}/eel")] for recipe, label in (("rpl", "RPL loss"), ("rpl+eel", "EEL loss (Eq. 8)"))]
-    if "rpl+eel k=3/eel" in results["methods"]:
-        rows += [["pasted objects (EEL)", label, *cells(f"{recipe}/eel")] for recipe, label in (("rpl+eel", "1 object / image"), ("rpl+eel k=3", "3 objects / image"))]
+    if present("rpl", "rpl-loss"):  # the synthesizer and loss ablations need the RPL-loss runs
+        rows += [["synthesizer (RPL loss, energy score)", label, *cells(f"{run}/energy")]
+                 for run, label in (("rpl", "RPL's random paste"), ("rpl-loss", "diffeel placement"))]
+        rows += [["training loss (same data, EEL score)", label, *cells(f"{run}/eel")]
+                 for run, label in (("rpl-loss", "RPL loss"), ("rpl+eel", "EEL loss (Eq. 8)"))]
+    if present(*POOL_RUNS):
+        rows += [["amount of anomalous objects (object pool, EEL)", label, *cells(f"{run}/eel")]
+                 for run, label in zip(POOL_RUNS, ("25 % of the bank", "50 % of the bank", "100 % of the bank"))]
+    if present("rpl+eel k=3"):
+        rows += [["pasted objects per image (EEL; extra)", label, *cells(f"{run}/eel")]
+                 for run, label in (("rpl+eel", "1 object / image"), ("rpl+eel k=3", "3 objects / image"))]
+    return header, rows
+
+
+def _runs_table(results) -> tuple[list[str], list[list]]:
+    """Which loss and which data each trained run used."""
+    header = ["run", "loss", "training data", "object pool", "objects / image", "steps"]
+    rows = [[name, run["loss"], DATA_NAMES.get(run["synthesizer"], run["synthesizer"]), f"{100 * run['object_pool']:.0f} %",
+             str(run["objects_per_image"]) if run["synthesizer"] != "none" else "–", str(run["steps"])]
+            for name, run in results.get("runs", {}).items()]
     return header, rows
 
 
@@ -97,7 +128,7 @@ def _figure_weather(results):
 def _figure_maps(example):
     import matplotlib.pyplot as plt
 
-    recipes = [r for r in ("closed", "rpl", "rpl+eel") if r in example["maps"]]
+    recipes = [r for r in ("closed", "rpl", "rpl-loss", "rpl+eel") if r in example["maps"]]
     figure, axes = plt.subplots(len(recipes), 5, figsize=(15, 2.2 * len(recipes)), squeeze=False)
     for row, recipe in enumerate(recipes):
         panels = [("image", example["image"], None), ("label (anomaly white, void grey)", example["label"], "gray")]
@@ -147,8 +178,10 @@ def write(folder: Path, results: dict, material: dict) -> None:
     for method in results["methods"]:
         all_methods.append([method] + [_metric(results, method, g, k) for g, k in (("whole", "auprc"), ("whole", "fpr95"), ("whole", "auroc"), ("clear", "auprc"), ("adverse", "auprc"))])
     findings_md = "\n".join(f"- {'holds' if f['holds'] else '**does not hold**'}: {f['claim']} ({f['evidence']})" for f in results["findings"])
-    scope = ("quick run: fewer frames and steps; no RPL-loss baseline and no objects-per-image ablation (the default run has both)"
+    scope = ("quick run: fewer frames and steps; no RPL baseline and no pool or objects-per-image ablation (the default run has them)"
              if config["quick"] else "default run")
+    scope += ("; CPU-sized training (the demo-* recipes: a small DeepLab, AdamW, minutes), not the published recipes "
+              "(diffeel train --recipe rpl+eel --show-config prints those)")
     timings = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in results["timings"].items())
     markdown = f"""# diffeel demo: energy-entropy learning on the embedded world
 
@@ -166,6 +199,10 @@ def write(folder: Path, results: dict, material: dict) -> None:
 ## Figure 8 shape: per weather
 
 ![per weather](fig8_weather.png)
+
+## The runs: which loss and which data
+
+{_markdown_table(*_runs_table(results))}
 
 ## Table V shape: ablation
 
@@ -192,6 +229,7 @@ Timings: {timings}.
             for f in results["findings"]) + "</ul>"),
         ("Table II shape: clear vs adverse weather", html_report.table_html(*table2, {1: "max", 2: "min", 3: "max", 4: "min", 5: "max", 6: "min"})),
         ("Figure 8 shape: per weather", svgs["fig8_weather"]),
+        ("The runs: which loss and which data", html_report.table_html(*_runs_table(results))),
         ("Table V shape: ablation", html_report.table_html(*ablation)),
         ("Every recipe and score", html_report.table_html(all_methods[0], all_methods[1:], {1: "max", 2: "min", 3: "max"})),
         ("Figure 7 shape: energy gap", svgs["fig7_energy_gap"]),

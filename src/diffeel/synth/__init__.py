@@ -13,6 +13,7 @@ from .bank import BankObject, ObjectBank, ObjectSource, read_cutout, tight_crop
 from .compose import paste
 from .illumination import match_illumination, ring_mask
 from .placement import DRIVABLE, OCCLUDERS, Placement, find_placement
+from .rpl_mix import RPL_SCALES, RPLMixSynthesizer
 from .synthesizer import (
     Blender,
     CopyPasteSynthesizer,
@@ -37,6 +38,8 @@ __all__ = [
     "ObjectBank",
     "ObjectSource",
     "PastedObject",
+    "RPLMixSynthesizer",
+    "RPL_SCALES",
     "Placement",
     "SynthesisResult",
     "Synthesizer",

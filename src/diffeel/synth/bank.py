@@ -176,6 +176,15 @@ class ObjectBank:
         item = self._objects[index]
         return item.load() if isinstance(item, _Entry) else item
 
+    def subset(self, share: float, seed: int = 0) -> "ObjectBank":
+        """A bank of ``share`` of the objects (at least one), drawn with ``seed``; the subsets of
+        one seed are nested (the 25 % pool lies inside the 50 % pool), as an ablation needs."""
+        if not 0 < share <= 1:
+            raise DiffeelError(f"share must be in (0, 1], got {share!r}")
+        order = np.random.default_rng([seed, len(self._objects)]).permutation(len(self._objects))
+        keep = sorted(order[: max(1, round(share * len(self._objects)))])
+        return ObjectBank([self._objects[i] for i in keep])
+
     @property
     def kinds(self) -> list[str]:
         return sorted({item.kind for item in self._objects})
