@@ -226,7 +226,8 @@ def _weather_apply_command(args: argparse.Namespace) -> None:
         count = folder_variant(args.input, args.condition, args.severity, args.seed, args.out, progress=not args.quiet)
     elif args.benchmark and args.root:
         frames = _benchmark_frames(args)
-        count = benchmark_variant(frames, args.condition, args.severity, args.seed, args.out, progress=not args.quiet)
+        inputs = [args.root] + ([args.images] if args.images else [])
+        count = benchmark_variant(frames, args.condition, args.severity, args.seed, args.out, progress=not args.quiet, inputs=inputs)
     else:
         raise DiffeelError("give either --benchmark and --root, or --input FOLDER")
     print(f"wrote {count} {args.condition} (severity {args.severity}) frame(s) to {args.out}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from multiprocessing import get_context
 
 
@@ -54,7 +55,15 @@ def run_chunks(function, chunks: list, arguments: tuple, jobs: int, progress=Non
     if jobs <= 1 or len(chunks) <= 1:
         return [function(chunk, *arguments, progress) for chunk in chunks]
     # spawn, not fork: the parent may hold torch thread pools that a forked child must not inherit.
-    pool = get_context("spawn").Pool(min(jobs, len(chunks)), initializer=_ignore_interrupts)
+    # Workers start with SIGINT ignored (inherited through exec), so that a Ctrl-C while they are
+    # still importing cannot interrupt them either.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    try:
+        pool = get_context("spawn").Pool(min(jobs, len(chunks)), initializer=_ignore_interrupts)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
     try:
         pending = [pool.apply_async(function, (chunk, *arguments, None)) for chunk in chunks]
         results = []

@@ -39,11 +39,12 @@ def _manifest_value(value) -> str:
     return "|".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def benchmark_variant(frames: list[Frame], condition: str, severity: int, seed: int, out, progress=True) -> int:
+def benchmark_variant(frames: list[Frame], condition: str, severity: int, seed: int, out, progress=True, inputs=()) -> int:
     """Write ``frames`` under ``condition`` as a ComsAmy-format benchmark (labels in 0/1/255).
 
     The manifest keeps each frame's metadata (landform, anomalies, scene, …); ``source`` is the
-    original image's path relative to ``out`` and ``source_weather`` its original weather.
+    original image's path relative to ``out`` and ``source_weather`` its original weather. ``out``
+    may not be, hold or lie inside a folder of the frames or any of ``inputs`` (the benchmark root).
     """
     from tqdm import tqdm
 
@@ -52,7 +53,7 @@ def benchmark_variant(frames: list[Frame], condition: str, severity: int, seed: 
     _check(condition, severity)
     if any(frame.image_path is None for frame in frames):
         raise DiffeelError("this benchmark was listed without images; give the image root with --images")
-    _refuse_overlap(out, {path.parent for frame in frames for path in (frame.image_path, frame.label_path)})
+    _refuse_overlap(out, {*inputs, *(path.parent for frame in frames for path in (frame.image_path, frame.label_path))})
     extra = sorted({k for frame in frames for k in frame.metadata} - set(VARIANT_COLUMNS))
     rows = io.StringIO()
     writer = csv.writer(rows)
