@@ -112,7 +112,13 @@ def test_a_tiny_demo_writes_every_output(tmp_path):
         assert (tmp_path / "demo" / name).stat().st_size > 0, name
     stored = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(stored) >= {"methods", "config", "timings", "findings", "energy_gap"}
-    for recipe in ("closed", "rpl", "rpl+eel"):
+    runs = stored["runs"]  # which loss and which data each row used
+    assert runs["rpl"]["synthesizer"] == "rpl-mix" and runs["rpl-loss"]["synthesizer"] == "placement"
+    assert runs["rpl"]["loss"] == runs["rpl-loss"]["loss"] == "rpl" and runs["rpl+eel"]["loss"] == "rpl+eel"
+    assert [runs[name]["object_pool"] for name in ("rpl+eel pool 25%", "rpl+eel pool 50%", "rpl+eel")] == [0.25, 0.5, 1.0]
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "which loss and which data" in report and "amount of anomalous objects (object pool, EEL)" in report
+    for recipe in ("closed", "rpl", "rpl-loss", "rpl+eel", "rpl+eel pool 25%"):
         for score in ("msp", "max_logit", "energy", "entropy", "eel"):
             groups = stored["methods"][f"{recipe}/{score}"]
             assert set(groups) >= {"whole", "clear", "adverse", "fog", "sandstorm"}
