@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         args.handler(args)
     except (DiffeelError, ValueError, TypeError, OSError) as error:
         message = " ".join(str(error).split()).rstrip(".") or type(error).__name__
-        print(f"diffeel {name}: error: {message}.", file=sys.stderr)
+        print(f"diffeel {name}: error: {message}{'' if message.endswith('?') else '.'}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         kept = "finished outputs are kept, rerun to resume" if name in RESUMABLE else "nothing was written"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def load_array(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
         if suffix in (".pt", ".pth"):
             import torch
 
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns about foreign pickles before it refuses them
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(loaded, dict) and key is not None:
                 loaded = loaded.get(key)
             if not isinstance(loaded, torch.Tensor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,6 +29,8 @@ def load_state(path, allow_pickle: bool = False) -> dict:
     if not path.is_file():
         raise DiffeelError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about foreign pickles before it refuses them
+            return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as error:  # torch raises many types for corrupt or foreign files
-        raise DiffeelError(f"checkpoint {path} could not be read ({type(error).__name__}); is it a diffeel checkpoint?") from error
+        raise DiffeelError(f"checkpoint {path} could not be read ({type(error).__name__}): it is damaged or not a diffeel checkpoint") from error

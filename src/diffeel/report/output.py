@@ -17,10 +17,11 @@ from ..errors import DiffeelError
 
 MANIFEST = ".diffeel-output.json"  # what the last run wrote into an output folder
 _STAGING = ".staging-"
-# Files diffeel wrote before output folders had a manifest; such a folder is still replaced whole.
+# Files diffeel's eval, compare, stats and demo wrote before output folders had a manifest; such a
+# folder is still replaced whole. (Not images/, labels/, manifest.csv: a benchmark looks like that.)
 _EARLIER_OUTPUT_NAMES = ("results.json", "results.csv", "table.md", "curves.png", "curves.npz", "groups.png", "report.md",
                          "report.html", "fig*.png", "comparison.*", "conditions.md", "stats.json", "stats.md", "heatmap.png",
-                         "sizes.png", "images", "labels", "manifest.csv")
+                         "sizes.png")
 
 
 def check_output_dir(out, allowed: tuple[str, ...] | None = ()) -> Path:
