@@ -269,6 +269,7 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 def _train_command(args: argparse.Namespace) -> None:
+    from .report.output import check_output_dir
     from .train.recipes import describe, load_small_host, preset, train_on_world
 
     overrides = dict(args.set or [])
@@ -280,6 +281,7 @@ def _train_command(args: argparse.Namespace) -> None:
         return
     if not args.world or not args.out:
         raise DiffeelError("give --world (a folder made by diffeel world make) and --out to train, or --show-config to print the settings")
+    check_output_dir(args.out, allowed=None)  # a run folder resumes, so earlier contents are expected
     world_train = Path(args.world) / "train"
     host = load_small_host(args.host) if args.host else None
     if args.device.startswith("cuda"):
