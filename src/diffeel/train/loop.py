@@ -190,11 +190,6 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def is_finished(out_dir, steps: int) -> bool:
-    checkpoint = Path(out_dir) / "checkpoint.pt"
-    return checkpoint.exists() and int(load_state(checkpoint)["step"]) >= steps
-
-
 def step_generator(seed: int, step: int, stream: int = 0):
     """The numpy generator for one step: depends only on (seed, step, stream)."""
     import numpy as np
