@@ -32,7 +32,7 @@ def listing(folder):
 # ---- interrupts -------------------------------------------------------------------------------
 
 SLOW_POOL = textwrap.dedent('''
-    import sys, time
+    import signal, sys, time
     from diffeel.parallel import run_chunks
 
     def slow(chunk, progress=None):
@@ -40,6 +40,8 @@ SLOW_POOL = textwrap.dedent('''
         return chunk
 
     if __name__ == "__main__":
+        # as in a terminal: a shell running this in the background (CI) may have SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         print("started", flush=True)
         try:
             run_chunks(slow, [[1], [2], [3], [4]], (), 2)
