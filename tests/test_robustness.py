@@ -217,3 +217,6 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path):
     assert code == 2 and "existing file" in stderr
     code, _, stderr = run_cli("world", "preview", "--out", tmp_path)
     assert code == 2 and "is a folder" in stderr and not list(tmp_path.rglob("*.tmp"))
+    # a file output may go into a folder that holds other things (--out photos/sheet.png)
+    assert main(["world", "preview", "--out", str(tmp_path / "sheet.png"), "--size", "64x32"]) == 0
+    assert (tmp_path / "taken").read_text() == "x" and (tmp_path / "sheet.png").stat().st_size > 0

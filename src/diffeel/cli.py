@@ -236,7 +236,6 @@ def _weather_apply_command(args: argparse.Namespace) -> None:
 def _demo_command(args: argparse.Namespace) -> None:
     from .demo import DemoConfig, run_demo
     from .demo_report import main_methods
-
     from .report.output import check_output_dir
 
     check_output_dir(args.out, allowed=("cache",))
@@ -284,13 +283,6 @@ def _train_command(args: argparse.Namespace) -> None:
     check_output_dir(args.out, allowed=None)  # a run folder resumes, so earlier contents are expected
     world_train = Path(args.world) / "train"
     host = load_small_host(args.host) if args.host else None
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DiffeelError("--device cuda was asked for, but no CUDA device is available")
-    if host is not None:
-        host = host.to(args.device)
     train_on_world(config, world_train, args.out, host=host, device=args.device, progress=not args.quiet)
     print(f"trained {args.recipe} for {config.steps} steps → {Path(args.out) / 'checkpoint.pt'} (log.jsonl beside it)")
 
@@ -390,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         "figures to --out. Everything is cached under --out/cache and resumes after interruption.",
     )
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    demo.add_argument("--quick", action="store_true", help="a smaller run: closed and rpl+eel only (about 2.5 minutes on 2 cores)")
+    demo.add_argument("--quick", action="store_true", help="a smaller run: closed and rpl+eel only (about 3 minutes on 2 cores)")
     demo.add_argument("--seed", type=_count(0), default=0)
     demo.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     demo.add_argument("--jobs", type=_count(1), default=1, help="worker processes for building the world")

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from .data.benchmarks import ADVERSE_WEATHERS, WEATHERS, load_benchmark
-from .errors import DiffeelError
 from .metrics import PixelMetrics
 from .scores import SCORES, all_scores
 
@@ -63,12 +62,6 @@ class DemoConfig:
         return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def _device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DiffeelError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
 # The residual runs: (name, preset, overrides, ablation flag). ``rpl`` is RPL as published (its loss
 # on its own random-paste mixing); ``rpl-loss`` is RPL's loss on diffeel's placement data, so
 # that Table V compares the losses on the same data; the pool runs use 25 % / 50 % of the debris
@@ -84,9 +77,9 @@ RESIDUAL_RUNS = (
 
 
 def _train_recipes(config: DemoConfig, cache: Path, progress: bool) -> tuple[dict, dict, dict]:
-    from .train.recipes import load_small_host, preset, train_on_world
+    from .train.recipes import load_small_host, preset, resolve_device, train_on_world
 
-    _device(config.device)
+    resolve_device(config.device)  # fail before any work when CUDA is asked for and absent
     world_train = cache / "world" / "train"
     timings = {}
     common = {"batch_size": config.batch_size, "seed": config.seed}

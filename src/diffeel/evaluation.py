@@ -101,14 +101,15 @@ def evaluate_frames(frames: list[Frame], scores_path: str, options: EvalOptions,
         from .metrics.bootstrap import BootstrapAccumulator, image_histogram
 
         bootstrap = BootstrapAccumulator()
+    protocol = Protocol.resolve(options.protocol)
     for frame in frames:
         score, label = load_pair(frame, scores, options.resize)
         for key in [ALL, *group_keys(frame.metadata, options.group_by)]:
             if key not in groups:
-                groups[key] = PixelMetrics(options.protocol, name=key[1] if key != ALL else "all")
+                groups[key] = PixelMetrics(protocol, name=key[1] if key != ALL else "all")
             _update(groups[key], frame, score, label)
         if bootstrap is not None:
-            bootstrap.add(image_histogram(_protocol_scores(score, Protocol.resolve(options.protocol)), label), image_id=frame.id)
+            bootstrap.add(image_histogram(_protocol_scores(score, protocol), label), image_id=frame.id)
         if progress is not None:
             progress.update(1)
     return {"groups": groups, "bootstrap": bootstrap}
@@ -132,9 +133,10 @@ def component_states(frames: list[Frame], scores_path: str, options: EvalOptions
 
     scores = ScoreMaps(scores_path)
     metrics = ComponentMetrics(track=options.components)
+    protocol = Protocol.resolve(options.protocol)
     for frame in frames:
         score, label = load_pair(frame, scores, options.resize)
-        metrics.update(_protocol_scores(score, Protocol.resolve(options.protocol)), label, threshold)
+        metrics.update(_protocol_scores(score, protocol), label, threshold)
         if progress is not None:
             progress.update(1)
     return metrics

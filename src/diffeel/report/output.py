@@ -46,7 +46,7 @@ def check_output_file(path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise DiffeelError(f"--out {path} is a folder; give a file name")
-    check_output_dir(path.parent)
+    check_output_dir(path.parent, allowed=None)  # a file may go into any folder, whatever else it holds
     return path
 
 

@@ -257,6 +257,13 @@ def build_synthesizer(config: TrainConfig, objects_folder):
     return CopyPasteSynthesizer(bank, objects_per_image=config.objects_per_image)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``torch.device(name)``; asking for CUDA where there is none is an error, not a crash later."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DiffeelError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
 def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Module | None = None, device: str = "cpu",
                    progress: bool = True, stop_after: int | None = None) -> torch.nn.Module:
     """Train ``config`` on a world's training split (``world make``'s ``train/``), resumably.
@@ -268,13 +275,13 @@ def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Mod
     world_train = Path(world_train)
     if not (world_train / "images").is_dir():
         raise DiffeelError(f"{world_train} is not a world's training split (no images/); make one with diffeel world make")
-    device = torch.device(device)
+    device = resolve_device(device)
     if config.loss == "closed":
         model, groups = closed_model(config.seed)
     else:
         if host is None:
             raise DiffeelError(f"the {config.loss} recipe trains around a closed host; give its checkpoint")
-        model, groups = residual_model(host, config.seed, config.head_lr_multiplier)
+        model, groups = residual_model(host.to(device), config.seed, config.head_lr_multiplier)
     data = TrainingImages(world_train, build_synthesizer(config, world_train / "objects"), crop=config.crop,
                           paste_probability=config.paste_probability)
 
