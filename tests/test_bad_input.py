@@ -128,6 +128,21 @@ def stray_label_value(relative: str, value: int = 7) -> Setup:
     return setup
 
 
+def tiny_rpl_checkpoint(relative: str, architecture: str = "rpl_wrn38") -> Setup:
+    """RPL's res.pth layout for a 1/16-width network, or another architecture's weights."""
+
+    def setup(sandbox: Path, shared: dict) -> None:
+        import torch
+
+        from diffeel.models import create_model
+
+        options = {"width_divisor": 16} if architecture == "rpl_wrn38" else {}
+        state = create_model(architecture, **options).state_dict()
+        torch.save({"model": {"branch1." + k: v for k, v in state.items()}}, sandbox / relative)
+
+    return setup
+
+
 def steps(*setups: Setup) -> Setup:
     def setup(sandbox: Path, shared: dict) -> None:
         for step in setups:
@@ -159,6 +174,8 @@ def usage_case(id, args, fragment, *setups):
 FLOAT_LOGITS = np.random.default_rng(0).normal(size=(19, 4, 4)).astype(np.float32)
 
 SCORE = ["score", "{s}/logits.npy", "--out", "{s}/out", "--quiet"]
+SCORE_MODEL = ["score", "--model", "rpl_wrn38", "--model-option", "width_divisor=16", "--checkpoint", "{s}/res.pth",
+               "--benchmark", "comsamy", "--root", "{bench}", "--out", "{s}/out", "--quiet"]
 
 # eval and stats read a sandbox copy of the good benchmark (and scores), then one defect is added
 EVAL_INPUTS = steps(copy("bench", "bench"), copy("scores", "scores"))
@@ -182,6 +199,20 @@ CASES = [
     case("score-nan-logits", SCORE, "{s}/logits.npy gives non-finite", save_array("logits.npy", np.full((19, 4, 4), np.nan, np.float32))),
     case("score-zero-classes", SCORE, "at least 2 classes", save_array("logits.npy", np.zeros((0, 4, 4), np.float32))),
     case("score-out-is-a-file", SCORE, "--out {s}/out is an existing file", save_array("logits.npy", FLOAT_LOGITS), write("out", "my notes\n")),
+    case("score-model-corrupt-checkpoint", SCORE_MODEL, "checkpoint {s}/res.pth could not be read", write("res.pth", b"PK\x03\x04 junk")),
+    case("score-model-truncated-checkpoint", SCORE_MODEL, "checkpoint {s}/res.pth could not be read",
+         tiny_rpl_checkpoint("res.pth"), truncate("res.pth")),
+    case("score-model-other-architecture", SCORE_MODEL, "does not fit rpl_wrn38: key 'mod1.conv1.weight' is missing",
+         tiny_rpl_checkpoint("res.pth", "small_deeplab")),
+    case("score-model-other-width", [a.replace("=16", "=8") for a in SCORE_MODEL], "'mod1.conv1.weight' has shape [4, 3, 3, 3] in the file",
+         tiny_rpl_checkpoint("res.pth")),
+    case("score-model-missing-checkpoint", SCORE_MODEL, "checkpoint {s}/res.pth does not exist"),
+    case("score-model-no-benchmark", SCORE_MODEL[:7] + ["--out", "{s}/out"], "--model needs --benchmark and --root"),
+    case("score-model-unknown", ["score", "--model", "wrn99", "--benchmark", "comsamy", "--root", "{bench}", "--out", "{s}/out"],
+         "unknown model 'wrn99'"),
+    case("score-model-unknown-score", [*SCORE_MODEL, "--scores", "eel,odin"], "unknown score 'odin'", tiny_rpl_checkpoint("res.pth")),
+    case("score-model-and-logits", [*SCORE_MODEL, "{s}/logits.npy"], "either logits files or --model", save_array("logits.npy", FLOAT_LOGITS)),
+    case("score-no-input", ["score", "--out", "{s}/out"], "give logits files, or --model"),
     # eval
     usage_case("eval-root-not-given", [a for a in EVAL if a not in ("--root", "{s}/bench")], "required: --root", EVAL_INPUTS),
     case("eval-root-missing", EVAL, "benchmark root {s}/bench does not exist", copy("scores", "scores")),

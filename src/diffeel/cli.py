@@ -17,7 +17,39 @@ def _score_targets(out_dir: Path, stem: str, batch: int) -> list[Path]:
     return [out_dir / f"{stem}_{index:04d}.npy" for index in range(batch)]
 
 
+def _score_model_command(args: argparse.Namespace) -> None:
+    """``diffeel score --model``: run a model over a benchmark (this process's share under torchrun)."""
+    from .distributed import process_group
+    from .models import create_model
+    from .report.output import check_output_dir
+    from .scoring import ScoreSettings, score_frames
+
+    if args.logits:
+        raise DiffeelError("give either logits files or --model, not both")
+    if not args.benchmark or not args.root:
+        raise DiffeelError("--model needs --benchmark and --root: the frames to score")
+    settings = ScoreSettings(scores=tuple(s.strip() for s in args.scores.split(",") if s.strip()), alpha=args.alpha,
+                             smooth=args.smooth, size=args.size[::-1] if args.size else None, batch=args.batch,
+                             dtype=args.dtype or "float16")
+    check_output_dir(args.out, allowed=None)
+    frames = _benchmark_frames(args)
+    with process_group(args.device) as context:
+        device = context.device(args.device)
+        model = create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.allow_pickle, **dict(args.model_option or []))
+        provenance = {"model": args.model, "model_options": dict(args.model_option or []), "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
+                      "benchmark": args.benchmark, "root": str(Path(args.root).resolve())}
+        counts = score_frames(model, frames, args.out, settings, provenance=provenance, device=device, context=context,
+                              overwrite=args.overwrite, progress=not args.quiet)
+        if context.is_main:
+            kept = f", kept {counts['kept']} finished" if counts["kept"] else ""
+            shared = f" (rank 0 of {context.world_size})" if context.active else ""
+            print(f"scored {counts['scored']} frame(s){shared}{kept}: {', '.join(settings.scores)} maps in "
+                  f"{Path(args.out)}/<score>/; evaluate with diffeel eval --scores {Path(args.out) / settings.scores[-1]}")
+
+
 def _score_command(args: argparse.Namespace) -> None:
+    if args.model:
+        return _score_model_command(args)
     import numpy as np
     from tqdm import tqdm
 
@@ -25,6 +57,8 @@ def _score_command(args: argparse.Namespace) -> None:
     from .report.output import check_output_dir
     from .scores import compute_score, gaussian_smooth
 
+    if not args.logits:
+        raise DiffeelError("give logits files, or --model with --benchmark and --root")
     check_output_dir(args.out, allowed=None)
     inputs: list[Path] = []
     for given in args.logits:
@@ -74,7 +108,7 @@ def _score_command(args: argparse.Namespace) -> None:
         if not np.isfinite(score_maps).all():
             raise DiffeelError(f"{path} gives non-finite {args.score} scores; the logits contain NaN or inf")
         for target, score_map in zip(targets, score_maps):
-            save_array_atomic(target, score_map.astype(args.dtype))
+            save_array_atomic(target, score_map.astype(args.dtype or "float32"))
         written += len(targets)
     print(f"wrote {written} score map(s) to {out_dir}" + (f", kept {skipped} existing" if skipped else ""))
 
@@ -298,6 +332,7 @@ def _add_benchmark_arguments(parser: argparse.ArgumentParser, required: bool = T
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .models import list_models
     from .scores import SCORES
 
     parser = argparse.ArgumentParser(
@@ -309,19 +344,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser(
         "score",
-        help="turn saved logits into anomaly score maps (MSP, max-logit, energy, entropy, EEL)",
-        description="Compute a pixel-wise anomaly score (higher = more anomalous) from saved logits "
-        "and write one .npy score map per frame: {stem}.npy for a (C, H, W) or (1, C, H, W) input, "
-        "{stem}_0000.npy, {stem}_0001.npy, … for a (B, C, H, W) batch. Existing outputs are kept "
-        "unless --overwrite, so an interrupted run resumes.",
+        help="anomaly score maps (MSP, max-logit, energy, entropy, EEL) from a model on a benchmark, or from saved logits",
+        description="With --model: run a model (registered name, or package.module:factory) over a benchmark's frames "
+        "(RGB/255, ImageNet mean/std, full resolution unless --size) and write {out}/{score}/{frame id}.npy at label "
+        "resolution for each score of --scores, the layout diffeel eval --scores reads; runs under torchrun, each "
+        "process scoring its share, with output identical to one process. Without --model: compute --score from "
+        "saved logits files, one .npy per frame: {stem}.npy for a (C, H, W) or (1, C, H, W) input, {stem}_0000.npy, "
+        "{stem}_0001.npy, … for a (B, C, H, W) batch. Finished maps are kept unless --overwrite, so an interrupted "
+        "run resumes.",
     )
-    score.add_argument("logits", nargs="+", help="logits files (.npy, .npz, .pt) or folders of them; (C,H,W) or (B,C,H,W)")
-    score.add_argument("--score", choices=sorted(SCORES), default="eel", help="score to compute (default: eel, Eq. 6)")
+    score.add_argument("logits", nargs="*", help="logits files (.npy, .npz, .pt) or folders of them; (C,H,W) or (B,C,H,W)")
+    score.add_argument("--model", help="model to run: " + ", ".join(list_models()) + ", or package.module:factory "
+                       "(or path/to/file.py:factory) returning an nn.Module that gives (N, 19, H, W) logits")
+    score.add_argument("--checkpoint", help="model weights (e.g. RPL's res.pth, NVIDIA's cityscapes_best.pth); loaded strictly")
+    score.add_argument("--model-option", action="append", type=_setting, metavar="NAME=VALUE",
+                       help="keyword argument for the model's constructor or factory (repeatable), e.g. width_divisor=16")
+    score.add_argument("--allow-pickle", action="store_true", help="allow a legacy checkpoint that needs full unpickling (can run code)")
+    _add_benchmark_arguments(score, required=False)
+    score.add_argument("--scores", default=",".join(SCORES), help=f"--model: scores to write (default: {','.join(SCORES)})")
+    score.add_argument("--batch", type=_count(1), default=1, help="--model: frames per forward pass (default 1)")
+    score.add_argument("--size", type=_size, help="--model: resize images to WIDTHxHEIGHT before the model (default: full resolution)")
+    score.add_argument("--device", default="cpu", help="--model: cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
+    score.add_argument("--score", choices=sorted(SCORES), default="eel", help="logits files: score to compute (default: eel, Eq. 6)")
     score.add_argument("--alpha", type=float, default=1.0, help="entropy weight α of the EEL score (default: 1)")
     score.add_argument("--smooth", nargs="?", const="rpl", default="none", choices=("none", "rpl"),
                        help="rpl: Gaussian blur (7 taps, σ=1, reflect) as RPL's inference does; the same as eval --protocol rpl "
                        "applies (then evaluate with --protocol nearest). Plain --smooth means rpl")
-    score.add_argument("--dtype", choices=("float16", "float32"), default="float32", help="stored dtype (default: float32)")
+    score.add_argument("--dtype", choices=("float16", "float32"), help="stored dtype (default: float16 with --model, else float32)")
     score.add_argument("--key", help="array name inside .npz/.pt files holding several")
     score.add_argument("--out", required=True, help="output folder")
     score.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")

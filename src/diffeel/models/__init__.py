@@ -1,7 +1,11 @@
-"""Segmentation models: a small DeepLabV3+ for CPU, the RPL residual module, checkpoint I/O."""
+"""Segmentation models: RPL's WiderResNet38 host, a small DeepLabV3+ for CPU, the RPL residual
+module, the model registry and checkpoint I/O."""
 
 from .checkpoints import load_state, save_state
 from .deeplab import SmallDeepLab
-from .rpl import RPLModel
+from .registry import scoring_logits, create_model, describe_models, input_normalization, list_models, load_strict
+from .rpl import RPLModel, RPLOutput
+from .wider_resnet import RPLWiderResNet38
 
-__all__ = ["SmallDeepLab", "RPLModel", "save_state", "load_state"]
+__all__ = ["SmallDeepLab", "RPLModel", "RPLOutput", "RPLWiderResNet38", "create_model", "list_models",
+           "describe_models", "load_strict", "input_normalization", "scoring_logits", "save_state", "load_state"]

@@ -43,8 +43,19 @@ class ASPP(nn.Module):
         return torch.cat([pooled] + [branch(x) for branch in self.features], dim=1)
 
 
-class SmallDeepLab(nn.Module):
+class DeepLabV3PlusDecoder:
+    """DeepLabV3+'s decoder input, shared by every host here: needs ``aspp``, ``bot_aspp``, ``bot_fine``."""
+
+    def decoder_input(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``dec0`` = [bot_fine(skip), bot_aspp(aspp(deep)) upsampled to the skip's size]."""
+        context = F.interpolate(self.bot_aspp(self.aspp(deep)), size=skip.shape[-2:], mode="bilinear", align_corners=True)
+        return torch.cat([self.bot_fine(skip), context], dim=1)
+
+
+class SmallDeepLab(DeepLabV3PlusDecoder, nn.Module):
     """``forward(images) -> logits`` at input size; images are RGB float in 0..1, (B, 3, H, W)."""
+
+    input_normalization = "unit"  # it normalises inside
 
     def __init__(self, num_classes: int = NUM_CLASSES, width: int = 16):
         super().__init__()
@@ -66,11 +77,6 @@ class SmallDeepLab(nn.Module):
         x = (images - self.mean) / self.std
         skip = self.layer1(self.stem(x))
         return self.layer3(self.layer2(skip)), skip
-
-    def decoder_input(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """``dec0`` = [bot_fine(skip), upsampled bot_aspp(aspp(deep))]."""
-        context = F.interpolate(self.bot_aspp(self.aspp(deep)), size=skip.shape[-2:], mode="bilinear", align_corners=True)
-        return torch.cat([self.bot_fine(skip), context], dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         deep, skip = self.encode(images)

@@ -10,6 +10,7 @@ eval mode (BatchNorm statistics untouched) whatever ``train()`` is called with.
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,34 @@ class ResidualBlock(nn.Module):
         return self.atten_aspp_final(F.interpolate(context, size=size, mode="bilinear", align_corners=True))
 
 
+class RPLOutput(NamedTuple):
+    """RPL's two outputs at input size: ``out = model(x); out[0], out[1]`` reads as in RPL's code."""
+
+    host_logits: torch.Tensor  # RPL's out1: the frozen closed-set model
+    rpl_logits: torch.Tensor  # RPL's out2: with the residual; anomaly scores come from these
+
+
+def rpl_forward(host: nn.Module, residual_block: ResidualBlock, images: torch.Tensor, outputs=("host", "rpl")) -> RPLOutput:
+    """``out1 = final(dec0)``, ``out2 = final(dec0 + res)``, upsampled (bilinear, corners aligned).
+
+    The host part runs without autograd: it is frozen, and only ``res`` needs gradients.
+    ``outputs`` names the logits to compute, the other field is None: scoring needs only one, and
+    skipping the other saves a pass through ``final`` (and the residual branch for ``("host",)``).
+    """
+    with torch.no_grad():
+        deep, skip = host.encode(images)
+        dec0 = host.decoder_input(deep, skip)
+        out1 = host.final(dec0) if "host" in outputs else None
+    out2 = host.final(dec0 + residual_block(deep, skip.shape[-2:])) if "rpl" in outputs else None
+
+    def upsample(logits):
+        return None if logits is None else F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+
+    return RPLOutput(upsample(out1), upsample(out2))
+
+
 class RPLModel(nn.Module):
-    """``forward(images) -> (out1, out2)``: the frozen host's logits and the residual-corrected ones."""
+    """``forward(images) -> RPLOutput(out1, out2)``: the frozen host's logits and the residual-corrected ones."""
 
     def __init__(self, host: nn.Module):
         super().__init__()
@@ -41,6 +68,10 @@ class RPLModel(nn.Module):
         self.residual_block = ResidualBlock(host)
         self.host.eval()
 
+    @property
+    def input_normalization(self) -> str:
+        return getattr(self.host, "input_normalization", "imagenet")
+
     def train(self, mode: bool = True) -> "RPLModel":
         super().train(mode)
         self.host.eval()  # the host is never trained, and its BatchNorm statistics never move
@@ -49,11 +80,5 @@ class RPLModel(nn.Module):
     def trainable_parameters(self):
         return self.residual_block.parameters()
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            deep, skip = self.host.encode(images)
-            dec0 = self.host.decoder_input(deep, skip)
-            out1 = self.host.final(dec0)
-        out2 = self.host.final(dec0 + self.residual_block(deep, skip.shape[-2:]))
-        upsample = lambda logits: F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)  # noqa: E731
-        return upsample(out1), upsample(out2)
+    def forward(self, images: torch.Tensor, outputs=("host", "rpl")) -> RPLOutput:
+        return rpl_forward(self.host, self.residual_block, images, outputs)

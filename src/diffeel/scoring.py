@@ -1,0 +1,160 @@
+"""Run a segmentation model over a benchmark and write anomaly score maps that ``diffeel eval`` reads.
+
+Per frame: the image as RGB / 255 (ImageNet-normalised unless the model asks otherwise), at full
+resolution or ``size``; the model's scoring logits (RPL's ``out2``) resized to the label's
+resolution; each requested score (Eqs. 2, 4–6); optionally RPL's Gaussian blur; one file per
+score and frame, ``{out}/{score}/{frame id}.npy``, written atomically.
+
+Frames are grouped into batches of consecutive frames of one size *before* anything is split
+between processes or skipped, and batch ``i`` runs on rank ``i mod world size``: every batch is
+computed the same way whatever the number of processes, and a resumed run recomputes unfinished
+batches whole. ``score_config.json`` records the settings; a rerun with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.arrays import save_array_atomic
+from .data.benchmarks import Frame
+from .data.images import image_size
+from .distributed import Distributed
+from .errors import DiffeelError
+from .models import input_normalization, scoring_logits
+from .models.deeplab import IMAGENET_MEAN, IMAGENET_STD
+from .scores import SCORES, compute_score, gaussian_smooth
+
+CONFIG_NAME = "score_config.json"
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    scores: tuple[str, ...] = tuple(SCORES)
+    alpha: float = 1.0
+    smooth: str = "none"  # "rpl": RPL's 7-tap σ = 1 blur of the score map
+    size: tuple[int, int] | None = None  # (height, width) the model sees; None = the image's own
+    batch: int = 1
+    dtype: str = "float16"
+
+    def __post_init__(self):
+        unknown = [s for s in self.scores if s not in SCORES]
+        if unknown or not self.scores:
+            raise DiffeelError(f"unknown score {unknown[0]!r}; choose from {', '.join(SCORES)}" if unknown else "no score was asked for")
+        if self.smooth not in ("none", "rpl"):
+            raise DiffeelError(f"smooth must be none or rpl, got {self.smooth!r}")
+
+
+def normalise(images: torch.Tensor, how: str) -> torch.Tensor:
+    """uint8-range RGB ``(N, 3, H, W)`` → the model's input convention."""
+    if how == "0-255":
+        return images
+    images = images / 255
+    if how == "unit":
+        return images
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def score_targets(out_dir: Path, frame_id: str, scores) -> list[Path]:
+    return [out_dir / score / f"{frame_id}.npy" for score in scores]
+
+
+def plan_batches(frames: list[Frame], batch: int) -> list[list[int]]:
+    """Consecutive frames whose images and labels share their sizes, at most ``batch`` per group."""
+    groups: list[list[int]] = []
+    last_sizes = None
+    for index, frame in enumerate(frames):
+        if frame.image_path is None:
+            raise DiffeelError(f"frame {frame.id} has no image; give the image root with --images")
+        sizes = (image_size(frame.image_path), image_size(frame.label_path))
+        if groups and sizes == last_sizes and len(groups[-1]) < batch:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+        last_sizes = sizes
+    return groups
+
+
+def _check_config(out_dir: Path, config: dict) -> None:
+    """A folder resumed must hold maps of the same settings (every process checks, none writes)."""
+    path = out_dir / CONFIG_NAME
+    if not path.exists():
+        return
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise DiffeelError(f"{path} is damaged; remove it to score into {out_dir} again") from None
+    if previous != config:
+        changed = sorted(k for k in set(config) | set(previous) if config.get(k) != previous.get(k))
+        raise DiffeelError(f"{out_dir} holds score maps made with other settings ({', '.join(changed)}); use another --out, or --overwrite")
+
+
+def _write_config(out_dir: Path, config: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / CONFIG_NAME
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(config, indent=2) + "\n")
+    temporary.replace(path)
+
+
+def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings: ScoreSettings, *, provenance: dict,
+                 device: torch.device, context: Distributed = Distributed(), overwrite: bool = False,
+                 progress: bool = True) -> dict:
+    """Score ``frames`` with ``model`` into ``out_dir`` (this process's share of them). Returns
+    counts of frames scored and kept."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    config = {**provenance, "scores": list(settings.scores), "alpha": settings.alpha, "smooth": settings.smooth,
+              "size": list(settings.size) if settings.size else None, "dtype": settings.dtype, "frames": len(frames)}
+    if not overwrite:
+        _check_config(out_dir, config)
+    if context.is_main:
+        _write_config(out_dir, config)
+    context.barrier()  # the settings are checked and recorded before anyone scores
+    batches = plan_batches(frames, settings.batch)[context.rank :: context.world_size]
+    how = input_normalization(model)
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    scored = kept = 0
+    with tqdm(total=sum(map(len, batches)), desc="scoring", unit="frame", disable=not progress or not context.is_main) as bar:
+        for indices in batches:
+            batch_frames = [frames[i] for i in indices]
+            if not overwrite and all(t.exists() for f in batch_frames for t in score_targets(out_dir, f.id, settings.scores)):
+                kept += len(indices)
+                bar.update(len(indices))
+                continue
+            _score_batch(model, batch_frames, out_dir, settings, how, device)
+            scored += len(indices)
+            bar.update(len(indices))
+    context.barrier()
+    return {"scored": scored, "kept": kept}
+
+
+def _score_batch(model, frames: list[Frame], out_dir: Path, settings: ScoreSettings, how: str, device) -> None:
+    images = torch.from_numpy(np.stack([frame.load_image() for frame in frames])).to(device).permute(0, 3, 1, 2).float()
+    if settings.size is not None:
+        images = F.interpolate(images, size=settings.size, mode="bilinear", align_corners=False)
+    label_width, label_height = image_size(frames[0].label_path)
+    with torch.inference_mode():
+        logits = scoring_logits(model, normalise(images, how).contiguous(memory_format=torch.channels_last)).float()
+        if logits.shape[-2:] != (label_height, label_width):
+            logits = F.interpolate(logits, size=(label_height, label_width), mode="bilinear", align_corners=False)
+        logits = logits.contiguous()  # scores reduce over classes: the same layout as saved logits gives the same bits
+        maps = {}
+        for name in settings.scores:
+            score_map = compute_score(name, logits, alpha=settings.alpha, dim=1)
+            if settings.smooth == "rpl":
+                score_map = gaussian_smooth(score_map)
+            maps[name] = score_map.cpu().numpy()
+    for name, score_maps in maps.items():
+        if not np.isfinite(score_maps).all():
+            raise DiffeelError(f"the model gave non-finite {name} scores on frame {frames[0].id}; its logits contain NaN or inf")
+        for frame, score_map in zip(frames, score_maps):
+            save_array_atomic(score_targets(out_dir, frame.id, [name])[0], score_map.astype(settings.dtype))

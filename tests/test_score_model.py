@@ -1,0 +1,116 @@
+"""``diffeel score --model``: a model over a benchmark → score maps that ``diffeel eval`` reads."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import benchmark_fixtures as fixtures
+from diffeel.cli import main
+from diffeel.data.images import read_image
+from diffeel.models import RPLWiderResNet38, create_model, scoring_logits
+from diffeel.scores import gaussian_smooth
+from diffeel.scoring import normalise
+
+FACTORY = f"{Path(__file__).parent / 'test_models_wrn38.py'}:make_segmenter"
+
+
+def run(*args) -> tuple[int, str, str]:
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("score")
+    fixtures.comsamy(root / "bench", np.random.default_rng(4))
+    torch.manual_seed(0)
+    model = RPLWiderResNet38(width_divisor=16)
+    torch.save({"model": {"branch1." + k: v for k, v in model.state_dict().items()}}, root / "res.pth")
+    return root
+
+
+def score_args(root: Path, out: Path, *extra):
+    return ["score", "--model", "rpl_wrn38", "--model-option", "width_divisor=16", "--checkpoint", root / "res.pth",
+            "--benchmark", "comsamy", "--root", root / "bench", "--out", out, "--quiet", *extra]
+
+
+def maps(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.npy"))}
+
+
+def test_model_maps_equal_the_logits_path_and_eval_reads_them(setup, tmp_path):
+    code, out, err = run(*score_args(setup, tmp_path / "model", "--scores", "eel,energy"))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["eel", "energy", "score_config.json"]
+    model = create_model("rpl_wrn38", checkpoint=setup / "res.pth", width_divisor=16).to(memory_format=torch.channels_last)
+    logits_dir = tmp_path / "logits"
+    logits_dir.mkdir()
+    for image_path in sorted((setup / "bench" / "images").iterdir()):
+        image = torch.from_numpy(read_image(image_path).copy()).permute(2, 0, 1)[None].float()
+        with torch.inference_mode():
+            logits = scoring_logits(model, normalise(image, "imagenet").contiguous(memory_format=torch.channels_last))
+        np.save(logits_dir / f"{image_path.stem}.npy", logits[0].numpy())
+    assert run("score", logits_dir, "--score", "eel", "--dtype", "float16", "--out", tmp_path / "from_logits", "--quiet")[0] == 0
+    ours = maps(tmp_path / "model" / "eel")
+    assert ours and ours == maps(tmp_path / "from_logits")
+    first = np.load(tmp_path / "model" / "eel" / sorted(ours)[0])
+    assert first.dtype == np.float16 and first.shape == (fixtures.SIZE[1], fixtures.SIZE[0])
+    code, _, err = run("eval", "--benchmark", "comsamy", "--root", setup / "bench", "--scores", tmp_path / "model" / "eel",
+                       "--out", tmp_path / "eval", "--quiet")
+    assert code == 0, err
+    assert 0 <= json.loads((tmp_path / "eval" / "results.json").read_text())["all"]["auprc"] <= 1
+
+
+def test_resume_rescores_only_unfinished_batches_and_refuses_other_settings(setup, tmp_path):
+    out = tmp_path / "run"
+    assert run(*score_args(setup, out, "--batch", "2", "--scores", "msp,eel"))[0] == 0
+    finished = maps(out)
+    victim = sorted(out.glob("eel/*.npy"))[-1]
+    victim.unlink()
+    code, printed, _ = run(*score_args(setup, out, "--batch", "2", "--scores", "msp,eel"))
+    assert code == 0 and "scored 2 frame(s)" in printed and "kept 2 finished" in printed
+    assert maps(out) == finished
+    code, _, err = run(*score_args(setup, out, "--batch", "2", "--scores", "eel"))
+    assert code == 2 and "made with other settings (scores)" in err
+    assert maps(out) == finished
+
+
+def test_size_smoothing_and_a_user_factory(setup, tmp_path):
+    code, _, err = run(*score_args(setup, tmp_path / "plain", "--scores", "energy", "--dtype", "float32", "--size", "48x32"))
+    assert code == 0, err
+    code, _, err = run(*score_args(setup, tmp_path / "smooth", "--scores", "energy", "--dtype", "float32", "--size", "48x32", "--smooth", "rpl"))
+    assert code == 0, err
+    for name in maps(tmp_path / "plain"):
+        plain = np.load(tmp_path / "plain" / name)
+        assert plain.shape == (fixtures.SIZE[1], fixtures.SIZE[0])  # label resolution, whatever the model saw
+        np.testing.assert_allclose(np.load(tmp_path / "smooth" / name), gaussian_smooth(plain), atol=1e-5)
+    code, _, err = run("score", "--model", FACTORY, "--benchmark", "comsamy", "--root", setup / "bench", "--out", tmp_path / "user",
+                       "--scores", "msp", "--quiet")
+    assert code == 0, err
+    assert len(maps(tmp_path / "user")) == 4
+
+
+def test_two_torchrun_processes_write_the_bytes_of_one(setup, tmp_path):
+    """Each rank scores its share; batches are planned before the split, so nothing changes. The
+    convolution library's results depend on its thread count, so both runs use one thread each."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    args = [str(a) for a in score_args(setup, tmp_path / "one", "--batch", "2")]
+    subprocess.run([sys.executable, "-m", "diffeel", *args], check=True, env=environment, capture_output=True, timeout=300)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "diffeel"]
+    two = subprocess.run(torchrun + [a.replace(str(tmp_path / "one"), str(tmp_path / "two")) for a in args], env=environment,
+                         capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr
+    assert "rank 0 of 2" in two.stdout
+    assert maps(tmp_path / "one") == maps(tmp_path / "two") and len(maps(tmp_path / "one")) == 4 * 5
+    assert (tmp_path / "one" / "score_config.json").read_text() == (tmp_path / "two" / "score_config.json").read_text()
