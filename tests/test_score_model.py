@@ -19,7 +19,7 @@ from diffeel.cli import main
 from diffeel.data.images import read_image
 from diffeel.models import RPLWiderResNet38, create_model, scoring_logits
 from diffeel.scores import gaussian_smooth
-from diffeel.scoring import normalise
+from diffeel.models import normalise
 
 FACTORY = f"{Path(__file__).parent / 'test_models_wrn38.py'}:make_segmenter"
 

@@ -74,3 +74,64 @@ def process_group(device: str = "cpu"):
         yield context
     finally:
         dist.destroy_process_group()
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """``all_reduce(SUM)`` with its gradient: the sum's gradient reaches every process's share."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    return _SumOverProcesses.apply(tensor)
+
+
+class CrossProcessBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics are those of the global batch over all processes.
+
+    PyTorch's SyncBatchNorm runs on GPUs only; this one works with any backend (gloo on the CPU,
+    NCCL), so a data-parallel run normalises exactly as one process on the whole batch would (RPL
+    trains with synchronised batch norm). Two passes (mean, then centred squares) through an
+    autograd-aware all-reduce; running statistics as BatchNorm2d keeps them. Same parameters and
+    buffers as BatchNorm2d, so checkpoints do not change.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        channels = x.shape[1]
+        local_count = x.new_full((1,), x.numel() // channels)
+        totals = sum_over_processes(torch.cat([x.sum((0, 2, 3)), local_count]))
+        count = totals[-1]
+        mean = totals[:channels] / count
+        centred = x - mean.view(1, -1, 1, 1)
+        variance = sum_over_processes(centred.pow(2).sum((0, 2, 3))) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(variance.detach() * count / (count - 1), momentum)
+        normalised = centred * torch.rsqrt(variance + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            normalised = normalised * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return normalised
+
+
+def synchronise_batch_norms(module: torch.nn.Module) -> torch.nn.Module:
+    """Turn every BatchNorm2d under ``module`` into a :class:`CrossProcessBatchNorm2d` in place
+    (parameters and statistics kept; eval-mode behaviour unchanged)."""
+    for child in module.modules():
+        if type(child) is torch.nn.BatchNorm2d:
+            child.__class__ = CrossProcessBatchNorm2d  # same state, new forward
+    return module

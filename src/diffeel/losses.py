@@ -7,6 +7,9 @@ training label map (Cityscapes train ids, ``ANOMALY_TRAIN_ID`` for pasted anomal
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -51,12 +54,39 @@ def _check_masks(logits: torch.Tensor, *masks: torch.Tensor) -> None:
             raise TypeError(f"masks must be boolean tensors, got {mask.dtype}")
 
 
+# (sum over processes, number of processes) while data-parallel training; None for one process
+_process_sum: tuple[Callable[[torch.Tensor], torch.Tensor], int] | None = None
+
+
+@contextlib.contextmanager
+def pooled_over_processes(all_reduce_sum: Callable[[torch.Tensor], torch.Tensor], world_size: int):
+    """Inside, every batch mean divides by the count over all processes' shares of the batch
+    (times ``world_size``, which data-parallel gradient averaging divides back out): each process's
+    gradient is then its share of the gradient of the whole global batch's loss, and their average
+    equals a single process's gradient on that batch."""
+    global _process_sum
+    previous, _process_sum = _process_sum, (all_reduce_sum, world_size)
+    try:
+        yield
+    finally:
+        _process_sum = previous
+
+
+def _pooled(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``total / count`` of a batch (zero, keeping the graph, when the count is 0), with the count
+    taken over all processes inside :func:`pooled_over_processes`."""
+    scale = 1.0
+    if _process_sum is not None:
+        all_reduce_sum, scale = _process_sum
+        count = all_reduce_sum(count.detach().to(torch.float64))
+    if count == 0:
+        return total * 0.0
+    return total / count.to(total.dtype) * scale
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over ``mask`` pooled over the batch; a zero that keeps the graph if empty."""
-    count = mask.sum()
-    if count == 0:
-        return values.sum() * 0.0
-    return (values * mask).sum() / count
+    return _pooled((values * mask).sum(), mask.sum())
 
 
 def eel_loss(
@@ -96,9 +126,7 @@ def eel_loss(
 
     per_image = per_image_mean(anomaly_terms, anomaly_mask) + per_image_mean(inlier_terms, inlier_mask)
     has_pixels = (anomaly_mask | inlier_mask).flatten(1).any(1)
-    if not bool(has_pixels.any()):
-        return logits.sum() * 0.0
-    return per_image[has_pixels].mean()
+    return _pooled((per_image * has_pixels).sum(), has_pixels.sum())
 
 
 def consistency_loss(logits: torch.Tensor, ref_logits: torch.Tensor, inlier_mask: torch.Tensor) -> torch.Tensor:

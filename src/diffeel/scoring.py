@@ -26,8 +26,8 @@ from .data.benchmarks import Frame
 from .data.images import image_size
 from .distributed import Distributed
 from .errors import DiffeelError
-from .models import input_normalization, scoring_logits
-from .models.deeplab import IMAGENET_MEAN, IMAGENET_STD
+from .metrics import PixelMetrics
+from .models import input_normalization, normalise, scoring_logits
 from .scores import SCORES, compute_score, gaussian_smooth
 
 CONFIG_NAME = "score_config.json"
@@ -48,18 +48,6 @@ class ScoreSettings:
             raise DiffeelError(f"unknown score {unknown[0]!r}; choose from {', '.join(SCORES)}" if unknown else "no score was asked for")
         if self.smooth not in ("none", "rpl"):
             raise DiffeelError(f"smooth must be none or rpl, got {self.smooth!r}")
-
-
-def normalise(images: torch.Tensor, how: str) -> torch.Tensor:
-    """uint8-range RGB ``(N, 3, H, W)`` → the model's input convention."""
-    if how == "0-255":
-        return images
-    images = images / 255
-    if how == "unit":
-        return images
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images - mean) / std
 
 
 def score_targets(out_dir: Path, frame_id: str, scores) -> list[Path]:
@@ -137,7 +125,8 @@ def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings:
     return {"scored": scored, "kept": kept}
 
 
-def _score_batch(model, frames: list[Frame], out_dir: Path, settings: ScoreSettings, how: str, device) -> None:
+def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: str, device) -> dict[str, np.ndarray]:
+    """``{score: (N, H, W) float32 maps}`` at label resolution for frames of one image and label size."""
     images = torch.from_numpy(np.stack([frame.load_image() for frame in frames])).to(device).permute(0, 3, 1, 2).float()
     if settings.size is not None:
         images = F.interpolate(images, size=settings.size, mode="bilinear", align_corners=False)
@@ -156,5 +145,30 @@ def _score_batch(model, frames: list[Frame], out_dir: Path, settings: ScoreSetti
     for name, score_maps in maps.items():
         if not np.isfinite(score_maps).all():
             raise DiffeelError(f"the model gave non-finite {name} scores on frame {frames[0].id}; its logits contain NaN or inf")
+    return maps
+
+
+def _score_batch(model, frames: list[Frame], out_dir: Path, settings: ScoreSettings, how: str, device) -> None:
+    for name, score_maps in batch_score_maps(model, frames, settings, how, device).items():
         for frame, score_map in zip(frames, score_maps):
             save_array_atomic(score_targets(out_dir, frame.id, [name])[0], score_map.astype(settings.dtype))
+
+
+def validate_model(model: torch.nn.Module, frames: list[Frame], scores=("energy", "eel"), *, device, size=None,
+                   protocol: str = "pooled") -> dict[str, float]:
+    """Pixel AUPRC / FPR95 (percent) of ``model``'s scores on held-out ``frames``, in memory: the
+    validation hook of training (``{"eel/auprc": …, "eel/fpr95": …, …}``)."""
+    settings = ScoreSettings(scores=tuple(scores), size=size, dtype="float32")
+    how = input_normalization(model)
+    metrics = {name: PixelMetrics(protocol) for name in scores}
+    for indices in plan_batches(frames, 1):
+        frame = frames[indices[0]]
+        label = frame.load_label()
+        for name, score_maps in batch_score_maps(model, [frame], settings, how, device).items():
+            metrics[name].update(score_maps[0], label)
+    results = {}
+    for name, accumulated in metrics.items():
+        summary = accumulated.compute()
+        results[f"{name}/auprc"] = 100 * float(summary["auprc"])
+        results[f"{name}/fpr95"] = 100 * float(summary["fpr95"])
+    return results

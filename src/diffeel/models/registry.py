@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import DiffeelError
 from .checkpoints import load_state
-from .deeplab import SmallDeepLab
+from .deeplab import IMAGENET_MEAN, IMAGENET_STD, SmallDeepLab
 from .rpl import RPLModel
 from .wider_resnet import RPLWiderResNet38
 
@@ -199,6 +199,18 @@ def create_model(name: str, checkpoint=None, *, allow_pickle: bool = False, **op
 def input_normalization(model: nn.Module) -> str:
     """How ``model`` wants its input: ``imagenet`` (default), ``unit`` (RGB 0..1) or ``0-255``."""
     return getattr(model, "input_normalization", "imagenet")
+
+
+def normalise(images: torch.Tensor, how: str) -> torch.Tensor:
+    """RGB in the uint8 range, ``(N, 3, H, W)`` float → the model's input convention ``how``."""
+    if how == "0-255":
+        return images
+    images = images / 255
+    if how == "unit":
+        return images
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - mean) / std
 
 
 def scoring_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

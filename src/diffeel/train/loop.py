@@ -4,13 +4,22 @@ Everything random in step ``s`` (which images, flips, crops, pasted objects) is 
 generator seeded by ``(seed, s)``, and checkpoints hold the model, optimizer and step. So a run
 stopped at any checkpoint and resumed produces exactly the parameters of a run that was never
 stopped. Adam or AdamW, polynomial learning-rate decay, optional gradient-norm clipping, a
-JSON-lines log of the losses; every setting comes from :class:`TrainConfig`, which is saved with
-each checkpoint, so a checkpoint always says what ran.
+JSON-lines log of the losses (and TensorBoard scalars under ``tensorboard/`` when the package is
+installed); every setting comes from :class:`TrainConfig`, which is saved with each checkpoint
+together with the code's git revision, so a checkpoint always says what ran.
+
+Under torchrun the model is wrapped in DistributedDataParallel; batch means are taken over the
+whole global batch (:func:`diffeel.losses.pooled_over_processes`), so N processes take the step
+one process would; only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,6 +27,8 @@ from typing import Callable
 
 import torch
 
+from .. import losses as loss_functions
+from ..distributed import Distributed
 from ..errors import DiffeelError
 from ..models.checkpoints import load_state, save_state
 
@@ -56,6 +67,8 @@ class TrainConfig:
     inlier_entropy: str = "confident"  # sign of Eq. 7's inlier entropy term ("paper": as printed)
     mask_loss: dict = field(default_factory=dict)  # Mask2Anomaly's matcher and loss weights
     amp: bool = False  # mixed precision (CUDA only)
+    photometric: bool = True  # colour jitter, blur, noise (the small demo model needs it; RPL's recipe has none)
+    validate_every: int = 0  # steps between validations (0: only at the end, when a validation set is given)
 
     def __post_init__(self):
         checks = [
@@ -71,6 +84,7 @@ class TrainConfig:
             (0 < self.object_pool <= 1, f"object_pool must be in (0, 1], got {self.object_pool!r}"),
             (0 <= self.paste_probability <= 1, f"paste_probability must be in [0, 1], got {self.paste_probability!r}"),
             (isinstance(self.objects_per_image, int) and self.objects_per_image >= 0, "objects_per_image must be a whole number ≥ 0"),
+            (isinstance(self.validate_every, int) and self.validate_every >= 0, "validate_every must be a whole number ≥ 0"),
             (self.crop is None or (len(self.crop) == 2 and all(isinstance(c, int) and c > 0 for c in self.crop)),
              f"crop must be [height, width] or None, got {self.crop!r}"),
         ]
@@ -91,6 +105,54 @@ class TrainConfig:
 
 def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
     return base * (1 - step / max(total, 1)) ** power
+
+
+def code_revision() -> str:
+    """The git commit of the running code (``+dirty`` with local changes), or the package version."""
+    from .. import __version__
+
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return f"diffeel {__version__}"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return commit.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"diffeel {__version__}"
+
+
+def same_settings(saved: dict, config: TrainConfig) -> bool:
+    """Whether a checkpoint's config is ``config`` (settings added since it was written at their defaults)."""
+    try:
+        return asdict(TrainConfig(**saved)) == asdict(config)
+    except (TypeError, DiffeelError):
+        return False
+
+
+class _TensorBoard:
+    """Scalars for TensorBoard under ``folder``; nothing (and one note) when tensorboard is not installed."""
+
+    def __init__(self, folder: Path, enabled: bool):
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("note: the tensorboard package is not installed; losses go to log.jsonl only")
+            else:
+                self.writer = SummaryWriter(str(folder))
+
+    def scalars(self, prefix: str, values: dict, step: int) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{prefix}/{name}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def make_optimizer(config: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
@@ -114,53 +176,96 @@ def train(
     out_dir,
     progress: bool = True,
     stop_after: int | None = None,
+    context: Distributed = Distributed(),
+    validate: Callable[[torch.nn.Module], dict] | None = None,
 ) -> dict:
     """Train ``model`` for ``config.steps`` steps, resuming from ``out_dir/checkpoint.pt`` if present.
 
     ``param_groups`` are optimizer groups; a group's ``lr_multiplier`` scales ``config.lr``.
-    ``batch_at(step)`` returns (images, labels) for that step; ``loss_at(model, images, labels)``
-    returns a dict of scalar losses with the optimised one under ``"total"``. ``stop_after`` ends
-    the run early after that step (used to test resumption). Returns a summary.
+    ``batch_at(step)`` returns this process's (images, labels) for that step; ``loss_at(model,
+    images, labels)`` returns a dict of scalar losses with the optimised one under ``"total"``.
+    ``validate(model) -> {metric: value}`` runs on rank 0 every ``config.validate_every`` steps and
+    at the end. ``stop_after`` ends the run early after that step (used to test resumption).
+    Returns a summary.
     """
     from tqdm import tqdm
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint, log_path = out / "checkpoint.pt", out / "log.jsonl"
+    if context.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     optimizer = make_optimizer(config, param_groups)
-    device_type = next(model.parameters()).device.type
-    if config.amp and device_type != "cuda":
+    device = next(model.parameters()).device
+    if config.amp and device.type != "cuda":
         raise DiffeelError("amp (mixed precision) needs a CUDA device; set amp to false on the CPU")
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp)
     start = 0
     if checkpoint.exists():
         state = load_state(checkpoint)
-        if state.get("config") != asdict(config):
+        if not same_settings(state.get("config", {}), config):
             raise DiffeelError(f"{checkpoint} was written with other training settings; remove it or choose another folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if config.amp:
             scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
-        _truncate_log(log_path, start)
+        if context.is_main:
+            _truncate_log(log_path, start)
+    revision = code_revision()
+    network = model
+    if context.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        from ..distributed import synchronise_batch_norms
+
+        synchronise_batch_norms(model)  # batch statistics of the global batch, as one process computes them
+        network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     def save(step: int) -> None:
-        extra = {"scaler": scaler.state_dict()} if config.amp else {}
-        save_state(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": asdict(config), **extra})
+        if context.is_main:
+            extra = {"scaler": scaler.state_dict()} if config.amp else {}
+            save_state(checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                                    "config": asdict(config), "revision": revision, **extra})
+        context.barrier()
+
+    def run_validation(step: int, log, board) -> None:
+        if validate is not None and context.is_main:
+            model.eval()
+            metrics = validate(model)
+            model.train()
+            log.write(json.dumps({"step": step, "validation": metrics}) + "\n")
+            log.flush()
+            board.scalars("validation", metrics, step)
+        context.barrier()
+
+    def averaged(values: dict) -> dict:
+        """Loss values averaged over processes (each holds its share of the global batch's loss)."""
+        names = sorted(values)
+        stacked = torch.stack([values[name].detach().float() for name in names])
+        if context.active:
+            torch.distributed.all_reduce(stacked)
+            stacked /= context.world_size
+        return dict(zip(names, stacked.tolist()))
 
     trained = [p for group in param_groups for p in group["params"]]
     model.train()
     started = time.perf_counter()
     last = start
-    with open(log_path, "a") as log, tqdm(total=config.steps, initial=start, desc=config.recipe, unit="step", disable=not progress) as bar:
+    board = _TensorBoard(out / "tensorboard", context.is_main)
+    with open(log_path, "a") if context.is_main else open(os.devnull, "w") as log, \
+            tqdm(total=config.steps, initial=start, desc=config.recipe, unit="step", disable=not progress or not context.is_main) as bar:
+        def pooled():
+            return loss_functions.pooled_over_processes(_all_reduce_sum, context.world_size) if context.active else contextlib.nullcontext()
+
         for step in range(start, config.steps):
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], step, config.steps, config.poly_power)
             images, labels = batch_at(step)
-            with torch.autocast(device_type, enabled=config.amp):
-                losses = loss_at(model, images, labels)
-            if not torch.isfinite(losses["total"]):
-                raise DiffeelError(f"the {config.recipe} loss became {float(losses['total'].detach())} at step {step}; lower the learning rate")
+            with torch.autocast(device.type, enabled=config.amp), pooled():
+                losses = loss_at(network, images, labels)
+            values = averaged(losses)
+            if not math.isfinite(values["total"]):
+                raise DiffeelError(f"the {config.recipe} loss became {values['total']} at step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["total"]).backward()
             if config.clip is not None:
@@ -168,18 +273,28 @@ def train(
                 torch.nn.utils.clip_grad_norm_(trained, config.clip)
             scaler.step(optimizer)
             scaler.update()
-            log.write(json.dumps({"step": step + 1, **{k: round(float(v.detach()), 6) for k, v in losses.items()}}) + "\n")
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(losses['total'].detach()):.3f}")
             last = step + 1
+            log.write(json.dumps({"step": last, **{k: round(v, 6) for k, v in values.items()}}) + "\n")
+            board.scalars("train", {**values, "lr": optimizer.param_groups[0]["lr"]}, last)
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['total']:.3f}")
             if last % config.save_every == 0 or last == config.steps:
                 log.flush()
                 save(last)
+            if validate is not None and ((config.validate_every and last % config.validate_every == 0) or last == config.steps):
+                run_validation(last, log, board)
             if stop_after is not None and last >= stop_after:
                 break
+    board.close()
     if last != config.steps:
         save(last)
     return {"steps": last, "seconds": time.perf_counter() - started, "resumed_from": start}
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.clone()
+    torch.distributed.all_reduce(tensor)
+    return tensor
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -29,6 +29,8 @@ from ..data.images import read_image, read_label
 from ..errors import DiffeelError
 from ..labels import NUM_CLASSES, VOID
 from ..models import RPLModel, SmallDeepLab, load_state
+from ..distributed import Distributed
+from .data import CityscapesTraining, EpochBatches, augment_frame
 from .loop import TrainConfig, step_generator, train
 
 RPL_ITERATIONS_PER_EPOCH = 371  # RPL's code: 2975 Cityscapes frames / batch 8
@@ -40,21 +42,22 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
     "rpl": (
         TrainConfig("rpl", steps=40 * RPL_ITERATIONS_PER_EPOCH, loss="rpl", batch_size=8, optimizer="adam", lr=7.5e-5,
                     head_lr_multiplier=10.0, weight_decay=0.0, poly_power=0.9, clip=None, crop=[700, 700], synthesizer="rpl-mix",
-                    anomaly_weight=0.05, save_every=RPL_ITERATIONS_PER_EPOCH),
+                    anomaly_weight=0.05, photometric=False, save_every=RPL_ITERATIONS_PER_EPOCH),
         {"steps": "RPL code: 40 epochs × 371 iterations", "lr": "RPL code (its README says 7.5e-6)",
          "head_lr_multiplier": "RPL code: atten_aspp_final at 10× lr", "optimizer": "RPL code: Adam, no weight decay",
          "clip": "RPL code: no clipping", "crop": "RPL code: 700×700 crops", "synthesizer": "RPL code: COCO outliers, random scale and position",
+         "photometric": "RPL code: flip and crop only",
          "anomaly_weight": "RPL code: 0.05 · energy hinge"},
     ),
     "rpl+eel": (
         TrainConfig("rpl+eel", steps=30 * RPL_ITERATIONS_PER_EPOCH, loss="rpl+eel", batch_size=8, optimizer="adam", lr=5e-5,
                     head_lr_multiplier=10.0, weight_decay=0.0, poly_power=0.9, clip=None, crop=[700, 700], synthesizer="placement",
-                    anomaly_weight=0.05, alpha=1.0, save_every=RPL_ITERATIONS_PER_EPOCH),
+                    anomaly_weight=0.05, alpha=1.0, photometric=False, save_every=RPL_ITERATIONS_PER_EPOCH),
         {"steps": "paper V-A: 30 epochs (371 iterations each, as RPL)", "lr": "paper V-A", "poly_power": "paper V-A: poly decay (power as RPL)",
          "anomaly_weight": "paper: λ = 0.05 (Eq. 8)", "alpha": "paper: α = 1", "synthesizer": "paper IV-A: placement + harmonization",
          "inlier_entropy": "inlier entropy pushed down, as the paper's text intends ('paper': Eq. 7's printed sign)",
          "optimizer": "inherited from RPL", "head_lr_multiplier": "inherited from RPL", "batch_size": "inherited from RPL",
-         "crop": "inherited from RPL", "clip": "inherited from RPL"},
+         "crop": "inherited from RPL", "clip": "inherited from RPL", "photometric": "inherited from RPL"},
     ),
     "m2a": (
         TrainConfig("m2a", steps=5000, loss="m2a", batch_size=8, optimizer="adamw", lr=1e-5, weight_decay=0.05, poly_power=0.9,
@@ -139,42 +142,12 @@ class TrainingImages:
         rng = step_generator(seed, step)
         images, labels = [], []
         for index in rng.integers(len(self.images), size=size):
-            image, label = self.images[index], self.labels[index]
-            if rng.random() < 0.5:
-                image, label = image[:, ::-1], label[:, ::-1]
-            if self.crop:
-                top = int(rng.integers(0, image.shape[0] - self.crop[0] + 1))
-                left = int(rng.integers(0, image.shape[1] - self.crop[1] + 1))
-                image, label = image[top : top + self.crop[0], left : left + self.crop[1]], label[top : top + self.crop[0], left : left + self.crop[1]]
-            # the draw is skipped when every frame is pasted, so such runs keep their random stream
-            pasting = self.synthesizer is not None and (self.paste_probability >= 1 or rng.random() < self.paste_probability)
-            if pasting:
-                image, label = self.synthesizer(np.ascontiguousarray(image), np.ascontiguousarray(label), rng)
-            if self.photometric:
-                image = photometric_jitter(image, rng)
-            images.append(np.ascontiguousarray(image))
-            labels.append(np.ascontiguousarray(label))
+            image, label = augment_frame(self.images[index], self.labels[index], rng, crop=self.crop, synthesizer=self.synthesizer,
+                                         paste_probability=self.paste_probability, photometric=self.photometric)
+            images.append(image)
+            labels.append(label)
         images_tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255)
         return images_tensor, torch.from_numpy(np.stack(labels)).long()
-
-
-def photometric_jitter(image: np.ndarray, rng) -> np.ndarray:
-    """Standard segmentation augmentation: brightness, contrast, colour gains, blur and noise.
-
-    Generic photometric jitter (no weather model): it keeps a small model from relying on exact
-    colours, as large models trained on real data learn to.
-    """
-    import cv2
-
-    pixels = image.astype(np.float32) / 255
-    mean = pixels.mean()
-    pixels = (pixels - mean) * rng.uniform(0.6, 1.3) + mean * rng.uniform(0.5, 1.3)
-    pixels *= rng.uniform(0.85, 1.15, size=3).astype(np.float32)
-    if rng.random() < 0.3:
-        pixels = cv2.GaussianBlur(pixels, (0, 0), rng.uniform(0.5, 1.5))
-    if rng.random() < 0.3:
-        pixels += rng.normal(0, rng.uniform(0.01, 0.05), size=pixels.shape).astype(np.float32)
-    return (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def closed_loss(model, images, labels) -> dict:
@@ -220,9 +193,15 @@ def residual_model(host: torch.nn.Module, seed: int, head_lr_multiplier: float =
     """The RPL module around a frozen ``host``; ``atten_aspp_final`` in its own optimizer group."""
     torch.manual_seed(seed)
     model = RPLModel(host)
+    return model, residual_parameter_groups(model, head_lr_multiplier)
+
+
+def residual_parameter_groups(model: torch.nn.Module, head_lr_multiplier: float) -> list[dict]:
+    """The residual module's parameters, ``atten_aspp_final`` in its own group at ``head_lr_multiplier``×
+    (RPL trains it from scratch); nothing of the host."""
     head = list(model.residual_block.atten_aspp_final.parameters())
     rest = [p for name, p in model.residual_block.named_parameters() if not name.startswith("atten_aspp_final")]
-    return model, [{"params": rest}, {"params": head, "lr_multiplier": head_lr_multiplier}]
+    return [{"params": rest}, {"params": head, "lr_multiplier": head_lr_multiplier}]
 
 
 def load_small_host(checkpoint) -> SmallDeepLab:
@@ -243,15 +222,18 @@ def load_small_host(checkpoint) -> SmallDeepLab:
     return host.eval()
 
 
-def build_synthesizer(config: TrainConfig, objects_folder):
-    """The config's anomaly synthesizer over ``object_pool`` of the bank in ``objects_folder``."""
+def build_synthesizer(config: TrainConfig, objects_folder=None, source=None):
+    """The config's anomaly synthesizer over ``source``, or over ``object_pool`` of the bank in
+    ``objects_folder``."""
     if config.synthesizer == "none":
         return None
     from ..synth import CopyPasteSynthesizer, ObjectBank, RPLMixSynthesizer
 
-    bank = ObjectBank.from_folder(objects_folder)
-    if config.object_pool < 1:
-        bank = bank.subset(config.object_pool, seed=config.seed)
+    bank = source
+    if bank is None:
+        bank = ObjectBank.from_folder(objects_folder)
+        if config.object_pool < 1:
+            bank = bank.subset(config.object_pool, seed=config.seed)
     if config.synthesizer == "rpl-mix":
         return RPLMixSynthesizer(bank, objects_per_image=config.objects_per_image)
     return CopyPasteSynthesizer(bank, objects_per_image=config.objects_per_image)
@@ -259,13 +241,11 @@ def build_synthesizer(config: TrainConfig, objects_folder):
 
 def resolve_device(name: str) -> torch.device:
     """``torch.device(name)``; asking for CUDA where there is none is an error, not a crash later."""
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DiffeelError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device(name)
+    return Distributed().device(name)
 
 
 def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Module | None = None, device: str = "cpu",
-                   progress: bool = True, stop_after: int | None = None) -> torch.nn.Module:
+                   progress: bool = True, stop_after: int | None = None, validate=None) -> torch.nn.Module:
     """Train ``config`` on a world's training split (``world make``'s ``train/``), resumably.
 
     ``closed`` trains the small DeepLab; ``rpl`` / ``rpl+eel`` train the RPL module around the
@@ -283,12 +263,82 @@ def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Mod
             raise DiffeelError(f"the {config.loss} recipe trains around a closed host; give its checkpoint")
         model, groups = residual_model(host.to(device), config.seed, config.head_lr_multiplier)
     data = TrainingImages(world_train, build_synthesizer(config, world_train / "objects"), crop=config.crop,
-                          paste_probability=config.paste_probability)
+                          paste_probability=config.paste_probability, photometric=config.photometric)
 
     def batch(step):
         images, labels = data.batch(config.seed, step, config.batch_size)
         return images.to(device).contiguous(memory_format=torch.channels_last), labels.to(device)
 
     model = model.to(device, memory_format=torch.channels_last)
-    train(config, model, groups, batch, loss, out_dir, progress=progress, stop_after=stop_after)
+    train(config, model, groups, batch, loss, out_dir, progress=progress, stop_after=stop_after, validate=validate)
     return model
+
+
+def outlier_source(config: TrainConfig, *, coco=None, objects=None, inlier_frames: int):
+    """Where pasted objects come from: an object bank folder (world debris, diffusion objects, any
+    cut-outs) or COCO filtered as RPL / Meta-OoD do, ``inlier_frames`` images of it as in RPL (its
+    COCO proxy size is the number of Cityscapes training frames), times ``object_pool``."""
+    if (coco is None) == (objects is None):
+        raise DiffeelError("give the outlier objects: --coco (a COCO root) or --objects (an object bank folder), one of them")
+    if objects is not None:
+        from ..synth import ObjectBank
+
+        bank = ObjectBank.from_folder(objects, preload=False)
+        return bank.subset(config.object_pool, seed=config.seed) if config.object_pool < 1 else bank
+    from ..data.coco import CocoOutliers
+
+    return CocoOutliers(coco, limit=max(1, round(config.object_pool * inlier_frames)), seed=config.seed)
+
+
+class StepBatches:
+    """``batch_at(step)`` for :func:`~diffeel.train.loop.train` from a dataset of ``(epoch, index)``
+    items: a DataLoader over :class:`EpochBatches` from the first step asked for, with ``workers``
+    processes decoding and augmenting ahead; images normalised for the model, channels-last."""
+
+    def __init__(self, dataset, config: TrainConfig, context: Distributed, device: torch.device, normalization: str, workers: int):
+        self.dataset, self.config, self.context, self.device = dataset, config, context, device
+        self.normalization, self.workers = normalization, workers
+        self.iterator, self.next_step = None, None
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from torch.utils.data import DataLoader
+
+        from ..models import normalise
+
+        if self.iterator is None or step != self.next_step:
+            batches = EpochBatches(len(self.dataset), self.config.batch_size, self.config.steps, self.config.seed, start=step,
+                                   rank=self.context.rank, world_size=self.context.world_size)
+            self.iterator = iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
+                                            pin_memory=self.device.type == "cuda", persistent_workers=False))
+        self.next_step = step + 1
+        images, labels = next(self.iterator)
+        images = normalise(images.to(self.device, non_blocking=True).float(), self.normalization)
+        return images.contiguous(memory_format=torch.channels_last), labels.to(self.device, non_blocking=True)
+
+
+def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *, coco=None, objects=None,
+                        device: torch.device, context: Distributed = Distributed(), workers: int = 0, validate=None,
+                        progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train the residual module of ``make_model()`` (an RPL host: ``rpl_wrn38``, …; built after the
+    data is found, so a wrong path fails before a large checkpoint loads) on Cityscapes' train split
+    with outliers from COCO or an object bank, as ``config`` says, on this process's share of each
+    global batch. Placement pastes on the full frame (the camera's view) before cropping; RPL's
+    mixing pastes into the crop, as RPL does."""
+    from ..models import input_normalization
+
+    if config.loss not in ("rpl", "rpl+eel"):
+        raise DiffeelError(f"the {config.recipe} recipe ({config.loss} loss) does not train on Cityscapes with an RPL host; "
+                           "use rpl or rpl+eel")
+    loss = loss_for(config)
+    dataset = CityscapesTraining(cityscapes, config.seed, crop=config.crop, paste_probability=config.paste_probability,
+                                 paste_before_crop=config.synthesizer == "placement", photometric=config.photometric)
+    source = None if config.synthesizer == "none" else outlier_source(config, coco=coco, objects=objects, inlier_frames=len(dataset))
+    dataset.options["synthesizer"] = build_synthesizer(config, source=source)
+    torch.manual_seed(config.seed)  # the residual module's Kaiming start is seeded
+    model = make_model()
+    if not hasattr(model, "residual_block"):
+        raise DiffeelError("the host has no RPL residual module to train; use rpl_wrn38 (or small_rpl)")
+    model = model.to(device, memory_format=torch.channels_last)
+    batch_at = StepBatches(dataset, config, context, device, input_normalization(model), workers)
+    return train(config, model, residual_parameter_groups(model, config.head_lr_multiplier), batch_at, loss, out_dir,
+                 progress=progress, stop_after=stop_after, context=context, validate=validate)
