@@ -1,0 +1,203 @@
+"""Training RPL / RPL+EEL on Cityscapes around rpl_wrn38: data split, DDP equality, resume, logs, CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+
+import benchmark_fixtures as fixtures
+from diffeel.cli import main
+from diffeel.data.benchmarks import load_benchmark
+from diffeel.distributed import Distributed
+from diffeel.models import RPLWiderResNet38, create_model
+from diffeel.scoring import validate_model
+from diffeel.train.data import EpochBatches
+from diffeel.train.recipes import preset, train_on_cityscapes
+from test_data_training import coco_tree
+
+TINY = {"width_divisor": 16}
+
+
+def write_cityscapes(root: Path, frames: int = 8) -> None:
+    """Frames of 48×64: sky above, road below with a car on it (placement needs road)."""
+    rng = np.random.default_rng(0)
+    for index in range(frames):
+        city = "aachen" if index < frames // 2 else "bochum"
+        frame_id = f"{city}_000000_{index:06d}"
+        label = np.full((48, 64), 10, np.uint8)
+        label[24:] = 0
+        label[30:36, 5:15] = 13
+        for kind, array, suffix in (("leftImg8bit", rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), "leftImg8bit"),
+                                    ("gtFine", label, "gtFine_labelTrainIds")):
+            folder = root / kind / "train" / city
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(folder / f"{frame_id}_{suffix}.png")
+
+
+def write_bank(folder: Path) -> None:
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True)
+    rows = ["file,kind,min_height_m,max_height_m"]
+    for index in range(3):
+        rgba = np.zeros((12, 10, 4), np.uint8)
+        rgba[..., :3] = rng.integers(0, 256, (12, 10, 3))
+        rgba[2:10, 1:9, 3] = 255
+        Image.fromarray(rgba).save(folder / f"object{index}.png")
+        rows.append(f"object{index}.png,debris,0.5,1.5")
+    (folder / "objects.csv").write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cityscapes")
+    write_cityscapes(root / "cityscapes")
+    write_bank(root / "bank")
+    torch.manual_seed(1)
+    host = RPLWiderResNet38(**TINY)  # NVIDIA's layout: module. prefix, no residual module
+    state = {"module." + k: v for k, v in host.state_dict().items() if not k.startswith("residual_block.")}
+    torch.save({"state_dict": state}, root / "cityscapes_best.pth")
+    fixtures.comsamy(root / "bench", np.random.default_rng(2))
+    return root
+
+
+def config(**overrides):
+    return preset("rpl+eel", **{"steps": 2, "batch_size": 4, "crop": [32, 48], "save_every": 1, **overrides})
+
+
+def make_model(root: Path):
+    return lambda: create_model("rpl_wrn38", checkpoint=root / "cityscapes_best.pth", **TINY)
+
+
+def train_process(rank: int, world_size: int, root: Path, out: Path, init_file: Path) -> None:
+    """One process of a data-parallel run (gloo, as torchrun would start it)."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    try:
+        train_on_cityscapes(config(), root / "cityscapes", out, make_model(root), objects=root / "bank", device=torch.device("cpu"),
+                            context=Distributed(rank, world_size, rank), progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+def states(path: Path) -> dict:
+    return torch.load(path / "checkpoint.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def single(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single") / "run"
+    torch.set_num_threads(1)
+    try:
+        train_on_cityscapes(config(), data / "cityscapes", out, make_model(data), objects=data / "bank", device=torch.device("cpu"),
+                            progress=False)
+    finally:
+        torch.set_num_threads(2)
+    return out
+
+
+def test_epoch_batches_split_the_global_batch_between_processes():
+    one = list(EpochBatches(10, 4, steps=6, seed=3))
+    two = [EpochBatches(10, 4, steps=6, seed=3, rank=r, world_size=2) for r in range(2)]
+    for step, (batch, *shares) in enumerate(zip(one, *two)):
+        assert sorted(batch) == sorted(shares[0] + shares[1]) and len(shares[0]) == 2
+        assert {epoch for epoch, _ in batch} == {step // 2}  # 10 frames // 4 = 2 steps per epoch
+    epoch_zero = [index for batch in one[:2] for _, index in batch]
+    assert len(set(epoch_zero)) == 8  # no frame twice within an epoch
+    assert list(EpochBatches(10, 4, steps=6, seed=3, start=3)) == one[3:]
+    with pytest.raises(Exception, match="does not split evenly over 3 processes"):
+        EpochBatches(10, 4, steps=6, seed=3, world_size=3)
+
+
+def test_two_gloo_processes_take_the_single_process_step(data, single, tmp_path):
+    out = tmp_path / "two"
+    mp.spawn(train_process, args=(2, data, out, tmp_path / "init"), nprocs=2)
+    ours, reference = states(out)["model"], states(single)["model"]
+    assert ours.keys() == reference.keys()
+    for key in reference:
+        assert torch.allclose(ours[key].float(), reference[key].float(), rtol=1e-6, atol=1e-6), key
+    logs = [(out / "log.jsonl").read_text().splitlines(), (single / "log.jsonl").read_text().splitlines()]
+    assert len(logs[0]) == 2
+    for ours_line, reference_line in zip(*logs):
+        a, b = json.loads(ours_line), json.loads(reference_line)
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)
+
+
+def test_checkpoint_loads_back_with_a_frozen_host_and_records_the_run(data, single):
+    state = states(single)
+    assert state["step"] == 2 and state["config"]["recipe"] == "rpl+eel" and state["revision"]
+    trained = create_model("rpl_wrn38", checkpoint=single / "checkpoint.pt", **TINY)
+    original = create_model("rpl_wrn38", checkpoint=data / "cityscapes_best.pth", **TINY)
+    assert trained.residual_trained
+    host_keys = [k for k in original.state_dict() if not k.startswith("residual_block.")]
+    assert all(torch.equal(trained.state_dict()[k], original.state_dict()[k]) for k in host_keys)
+    assert not torch.equal(trained.residual_block.atten_aspp_final.weight, original.residual_block.atten_aspp_final.weight)
+    images = torch.randn(1, 3, 32, 48)
+    with torch.inference_mode():
+        assert torch.equal(trained(images).host_logits, original(images).host_logits)
+    assert list((single / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_equals_an_uninterrupted_run(data, single, tmp_path):
+    out = tmp_path / "resumed"
+    torch.set_num_threads(1)
+    try:
+        for stop in (1, None):
+            train_on_cityscapes(config(), data / "cityscapes", out, make_model(data), objects=data / "bank",
+                                device=torch.device("cpu"), progress=False, stop_after=stop)
+    finally:
+        torch.set_num_threads(2)
+    resumed, reference = states(out)["model"], states(single)["model"]
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    assert (out / "log.jsonl").read_text() == (single / "log.jsonl").read_text()
+
+
+def test_validation_hook_and_coco_outliers(data, tmp_path):
+    coco_tree(tmp_path / "coco", np.random.default_rng(5))
+    frames = load_benchmark("comsamy", data / "bench")
+    out = tmp_path / "coco-run"
+    train_on_cityscapes(config(synthesizer="rpl-mix", steps=1), data / "cityscapes", out, make_model(data), coco=tmp_path / "coco",
+                        device=torch.device("cpu"), progress=False,
+                        validate=lambda model: validate_model(model, frames, device=torch.device("cpu")))
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    validation = [line["validation"] for line in lines if "validation" in line]
+    assert len(validation) == 1 and set(validation[0]) == {"energy/auprc", "energy/fpr95", "eel/auprc", "eel/fpr95"}
+    assert all(0 <= value <= 100 for value in validation[0].values())
+
+
+def run(*args):
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_trains_and_refuses_bad_data(data, tmp_path):
+    base = ["train", "--recipe", "rpl", "--set", "steps=1", "--set", "batch_size=2", "--set", "crop=[32,48]", "--host", "rpl_wrn38",
+            "--model-option", "width_divisor=16", "--checkpoint", data / "cityscapes_best.pth", "--workers", "0", "--quiet"]
+    code, printed, err = run(*base, "--cityscapes", data / "cityscapes", "--objects", data / "bank", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "for 1 steps on 1 process(es)" in printed
+    assert create_model("rpl_wrn38", checkpoint=tmp_path / "run" / "checkpoint.pt", **TINY).residual_trained
+    (tmp_path / "bad-coco" / "annotations").mkdir(parents=True)
+    (tmp_path / "bad-coco" / "annotations" / "instances_train2017.json").write_text('{"images": [], "annotations": []}')
+    (tmp_path / "broken.pth").write_bytes(b"PK\x03\x04 half a checkpoint")
+    cases = [
+        (["--cityscapes", data / "cityscapes", "--coco", tmp_path / "bad-coco"], "categories"),
+        (["--cityscapes", tmp_path / "nowhere", "--objects", data / "bank"], "does not exist"),
+        (["--cityscapes", data / "cityscapes"], "--coco (a COCO root) or --objects"),
+        (["--cityscapes", data / "cityscapes", "--coco", tmp_path / "no-coco"], "no-coco"),
+    ]
+    broken = [a if a != data / "cityscapes_best.pth" else tmp_path / "broken.pth" for a in base]
+    cases.append((["--cityscapes", data / "cityscapes", "--objects", data / "bank"], "could not be read", broken))
+    for extra, phrase, *arguments in cases:
+        code, _, err = run(*(arguments[0] if arguments else base), *extra, "--out", tmp_path / "bad")
+        assert code == 2 and phrase in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad").exists()
