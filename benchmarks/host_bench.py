@@ -1,0 +1,163 @@
+"""CPU forward time and memory of RPL's host ``rpl_wrn38``: the official eager path vs diffeel's scoring path.
+
+Both paths run the same random-weight model (``create_model("rpl_wrn38")``, eval mode, seeded) on
+the same random ImageNet-normalised image, batch 1:
+
+- eager (the baseline, as the official RPL code runs): NCHW tensors, ``torch.no_grad()``,
+  ``model(x)`` computing both outputs, out1 (the frozen host) and out2 (with the residual);
+- optimised (``diffeel score``): model and input in ``torch.channels_last``,
+  ``torch.inference_mode()``, ``scoring_logits(model, x)`` computing only out2, the logits anomaly
+  scores come from.
+
+Each (path, size) runs in its own fresh process, which builds the model and then waits for
+orders: after one warm-up forward each, the repetitions are interleaved (eager, optimised, eager,
+…) so machine noise hits both alike, and the median is reported. Peak RSS is the process's
+high-water mark over its forwards (reset after building the model; ``VmHWM``, the value
+``getrusage(RUSAGE_SELF).ru_maxrss`` reports); "forward extra" is that peak minus the resident
+memory after building the model. Once per size, the optimised out2 must equal the eager out2
+to a tolerance (max |difference| printed): a speed-up that changes numbers is no speed-up.
+
+    make bench                                                # half and full size, with the other benchmarks
+    .venv/bin/python benchmarks/host_bench.py --sizes 512x1024  # half size only (a few minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from diffeel.models import create_model, normalise, scoring_logits
+
+PATHS = ("eager", "optimised")
+TOLERANCE = 1e-4  # max |optimised - eager| over out2, relative to max |eager out2|
+
+
+def eager_forward(model, x):
+    with torch.no_grad():
+        return model(x).rpl_logits  # the official forward computes out1 and out2; out2 is kept
+
+
+def optimised_forward(model, x):
+    with torch.inference_mode():
+        return scoring_logits(model, x)
+
+
+FORWARDS = {"eager": eager_forward, "optimised": optimised_forward}
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as stream:
+        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_resident_bytes() -> int:
+    with open("/proc/self/status") as stream:
+        for line in stream:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker(conn, path: str, height: int, width: int, seed: int, threads: int | None) -> None:
+    """A fresh process for one (path, size): build, then one forward per "run" order until "stop"."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = create_model("rpl_wrn38")
+    rgb = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(seed + 1)) * 255
+    x = normalise(rgb, "imagenet")
+    if path == "optimised":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    del rgb
+    gc.collect()
+    baseline = resident_bytes()
+    with open("/proc/self/clear_refs", "w") as stream:
+        stream.write("5")  # reset the peak so that building the model does not count
+    conn.send(torch.get_num_threads())
+    out2 = None
+    while conn.recv() == "run":
+        out2 = None  # the previous output must not add to this forward's peak
+        start = time.perf_counter()
+        out2 = FORWARDS[path](model, x)
+        conn.send(time.perf_counter() - start)
+    conn.send({"baseline": baseline, "peak": peak_resident_bytes()})
+    conn.send(out2.contiguous().numpy())
+
+
+def measure(height: int, width: int, repeats: int, args) -> dict:
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    for path in PATHS:
+        conn, child_conn = context.Pipe()
+        process = context.Process(target=worker, args=(child_conn, path, height, width, args.seed, args.threads))
+        process.start()
+        workers[path] = (process, conn)
+    threads = {workers[path][1].recv() for path in PATHS}
+    times = {path: [] for path in PATHS}
+    for repetition in range(repeats + 1):  # repetition 0 is the warm-up
+        for path in PATHS:
+            conn = workers[path][1]
+            conn.send("run")
+            elapsed = conn.recv()
+            if repetition:
+                times[path].append(elapsed)
+    result = {"threads": threads}
+    for path in PATHS:
+        process, conn = workers[path]
+        conn.send("stop")
+        memory = conn.recv()
+        result[path] = {"seconds": statistics.median(times[path]), "times": times[path],
+                        "peak": memory["peak"], "extra": memory["peak"] - memory["baseline"], "out2": conn.recv()}
+        process.join()
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="512x1024,1024x2048", help="comma-separated HxW (default half and full Cityscapes)")
+    parser.add_argument("--repeats", type=int, help="timed forwards per path (default 2 up to 512x1024, 1 above)")
+    parser.add_argument("--threads", type=int, help="torch threads (default torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes.split(",")]
+
+    mb = 2**20
+    rows, ok = [], True
+    for height, width in sizes:
+        repeats = args.repeats or (2 if height * width <= 512 * 1024 else 1)
+        result = measure(height, width, repeats, args)
+        eager, optimised = result["eager"], result["optimised"]
+        size = f"{height}x{width}"
+        for path in PATHS:
+            r = result[path]
+            times = ", ".join(f"{t:.2f}" for t in r["times"])
+            rows.append(f"{size:<10} {path:<16} {r['seconds']:>9.2f} {r['peak'] / mb:>12.0f} {r['extra'] / mb:>17.0f}   ({times})")
+        rows.append(f"{size:<10} {'eager/optimised':<16} {eager['seconds'] / optimised['seconds']:>8.2f}x "
+                    f"{eager['peak'] / optimised['peak']:>11.2f}x {eager['extra'] / optimised['extra']:>16.2f}x")
+        difference = float(np.abs(optimised["out2"] - eager["out2"]).max())
+        scale = float(np.abs(eager["out2"]).max())
+        equal = difference <= TOLERANCE * scale
+        ok &= equal
+        rows.append(f"{size:<10} out2 max |optimised - eager| = {difference:.2e} (max |out2| {scale:.2e}): "
+                    f"{'equal' if equal else 'MISMATCH'} to {TOLERANCE:g} relative; threads {sorted(result['threads'])}")
+        print(f"{size} done: eager {eager['seconds']:.2f} s, optimised {optimised['seconds']:.2f} s", file=sys.stderr, flush=True)
+
+    print(f"\ntorch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, batch 1, "
+          f"rpl_wrn38 random weights (seed {args.seed}); median over the timed repetitions (listed), after one warm-up each")
+    print(f"{'size':<10} {'path':<16} {'median s':>9} {'peak RSS MB':>12} {'forward extra MB':>17}   (timed s)")
+    print("\n".join(rows))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
