@@ -243,6 +243,106 @@ def _world_make_command(args: argparse.Namespace) -> None:
           f"training frames, {counts['objects']} training objects; wrote {counts['written']}, kept {counts['kept']}")
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``I/K``: shard I of K (0 <= I < K)."""
+    try:
+        part, parts = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form I/K (e.g. 0/4)") from None
+    if not (parts >= 1 and 0 <= part < parts):
+        raise argparse.ArgumentTypeError(f"shard {text} needs 0 <= I < K")
+    return part, parts
+
+
+def _synth_objects_command(args: argparse.Namespace) -> None:
+    from .distributed import from_environment
+    from .synth.bank_builder import build_object_bank
+    from .synth.extract import make_extractor
+    from .synth.generate import (GenerationSettings, check_model_files, generate_images, load_pipeline, model_fingerprint,
+                                 plan_objects, read_backgrounds, read_objects)
+
+    context = from_environment()
+    shard = args.shard or (context.rank, context.world_size)  # torchrun ranks share one bank
+    plans = plan_objects(args.n, args.seed, read_objects(args.vocabulary), read_backgrounds(args.backgrounds), shard)
+    check_model_files(args.model, args.config)
+    device = str(context.device(args.device))
+    kind = args.extractor or ("u2net" if args.extractor_weights else "grabcut")
+    extractor = make_extractor(kind, args.extractor_weights, device=device)
+    settings = GenerationSettings(steps=args.steps, size=args.size, guidance=args.guidance)
+    provenance = {"model": {"name": Path(args.model).name, "fingerprint": model_fingerprint(args.model)},
+                  "settings": {"steps": settings.steps, "size": settings.size, "guidance": settings.guidance,
+                               "extractor": kind, "bank_seed": args.seed}}
+    pipeline = load_pipeline(args.model, config=args.config, device=device)
+    counts = build_object_bank(args.out, plans, lambda chunk: generate_images(pipeline, chunk, settings, device), extractor,
+                               shard=shard, batch=args.batch, provenance=provenance, progress=not args.quiet)
+    where = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+    print(f"object bank {args.out}{where}: {counts['ok']} accepted, {counts['rejected']} rejected (reason in each record), "
+          f"{counts['kept']} already there, of {counts['planned']} planned")
+
+
+def _objects_per_image(text: str) -> tuple[int, int]:
+    """``K`` or ``A..B``: objects pasted per frame."""
+    try:
+        low, _, high = text.partition("..")
+        low, high = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K or A..B (e.g. 1..3)") from None
+    if not 0 <= low <= high:
+        raise argparse.ArgumentTypeError(f"{text} needs 0 <= A <= B")
+    return low, high
+
+
+def _paste_synthesizer(args: argparse.Namespace, bank=None):
+    """The copy-paste synthesizer of the paste options, over ``bank`` (default: ``--bank``'s objects)."""
+    from .synth import CopyPasteSynthesizer, ObjectBank
+    from .synth.harmonize import make_blender
+
+    bank = bank if bank is not None else ObjectBank.from_folder(args.bank, preload=False)
+    if args.no_harmonize:
+        blender = False
+    else:
+        blender = make_blender(illumination=True, dovenet=args.harmonizer_weights, poisson=args.poisson, device=args.device)
+    return CopyPasteSynthesizer(bank, objects_per_image=args.k, harmonize=blender)
+
+
+def _synth_paste_command(args: argparse.Namespace) -> None:
+    from .synth.pairs import labelled_frames, write_pairs
+
+    frames = labelled_frames(cityscapes=args.cityscapes, world=args.world, images=args.images, labels=args.labels)
+    counts = write_pairs(frames, _paste_synthesizer(args), args.out, seed=args.seed, limit=args.n, progress=not args.quiet)
+    print(f"training pairs in {args.out}: {counts['written']} written ({counts['objects']} objects pasted), "
+          f"{counts['kept']} already there; images/, labels/ (train ids, anomaly = 254), pastes.jsonl")
+
+
+def _synth_preview_command(args: argparse.Namespace) -> None:
+    from .data.images import write_image_atomic
+    from .report.output import check_output_file
+    from .synth.pairs import labelled_frames
+    from .synth.preview import contact_sheet
+
+    check_output_file(args.out)
+    frames = None
+    if args.cityscapes or args.world or args.images:
+        frames = labelled_frames(cityscapes=args.cityscapes, world=args.world, images=args.images, labels=args.labels)
+    sheet = contact_sheet(args.bank, frames, lambda bank: _paste_synthesizer(args, bank), rows=args.rows, seed=args.seed)
+    write_image_atomic(args.out, sheet)
+    print(f"contact sheet of {args.bank}: {args.out} ({sheet.shape[1]}x{sheet.shape[0]})")
+
+
+def _add_paste_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bank", required=True, help="object bank folder (objects*.jsonl or objects.csv, and the cut-outs)")
+    parser.add_argument("--cityscapes", help="Cityscapes root: paste into its train split")
+    parser.add_argument("--world", help="a world folder: paste into its training split")
+    parser.add_argument("--images", help="image folder to paste into (with --labels)")
+    parser.add_argument("--labels", help="train-id label maps for --images, same names (placement needs the road)")
+    parser.add_argument("--k", type=_objects_per_image, default=(1, 1), help="objects per frame: K or A..B (default 1)")
+    parser.add_argument("--no-harmonize", action="store_true", help="paste as is (the ablation w/o harmonization)")
+    parser.add_argument("--harmonizer-weights", help="DoveNet's latest_net_G.pth: harmonize after illumination matching")
+    parser.add_argument("--poisson", action="store_true", help="finish with Poisson blending")
+    parser.add_argument("--seed", type=_count(0), default=0, help="seed (default 0)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda, for DoveNet")
+
+
 def _world_preview_command(args: argparse.Namespace) -> None:
     from .data.images import write_image_atomic
     from .report.output import check_output_file
@@ -321,7 +421,8 @@ def _train_command(args: argparse.Namespace) -> None:
     world_train = Path(args.world) / "train"
     host = load_small_host(args.host) if args.host else None
     validate = _validation(args, args.device)
-    train_on_world(config, world_train, args.out, host=host, device=args.device, progress=not args.quiet, validate=validate)
+    train_on_world(config, world_train, args.out, host=host, device=args.device, progress=not args.quiet, validate=validate,
+                   objects=args.objects)
     print(f"trained {args.recipe} for {config.steps} steps → {Path(args.out) / 'checkpoint.pt'} (log.jsonl beside it)")
 
 
@@ -510,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--allow-pickle", action="store_true", help="allow a legacy checkpoint that needs full unpickling (can run code)")
     training.add_argument("--cityscapes", help="Cityscapes root (leftImg8bit/train, gtFine/train) to train on instead of a world")
     training.add_argument("--coco", help="COCO root (annotations/instances_train2017.json, train2017/): outlier objects, filtered as RPL")
-    training.add_argument("--objects", help="an object bank folder (objects.csv + RGBA cut-outs) as the outlier objects")
+    training.add_argument("--objects", help="an object bank folder (objects.csv or objects*.jsonl + RGBA cut-outs, e.g. made by "
+                          "diffeel synth objects) as the outlier objects (world default: the world's own)")
     training.add_argument("--workers", type=_count(0), default=2, help="Cityscapes: data-loading processes per training process (default 2)")
     training.add_argument("--validate-benchmark", help="validate on this benchmark during training (AUPRC / FPR95 in log.jsonl)")
     training.add_argument("--validate-root", help="root of the validation benchmark")
@@ -521,6 +623,57 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--device", default="cpu", help="cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     training.set_defaults(handler=_train_command)
+
+    synth = commands.add_parser("synth", help="DiffEEL's anomaly synthesizer: diffusion objects, cut-outs, harmonized pastes")
+    synth_commands = synth.add_subparsers(dest="synth_command", metavar="COMMAND", required=True)
+    objects = synth_commands.add_parser(
+        "objects",
+        help="draw objects with Stable Diffusion and cut them out into an object bank",
+        description="Plan --n objects (\"One {object} in the {background}\", a seed each), draw them with a local Stable "
+        "Diffusion model, cut them out (U^2-Net, U^2-NetP or GrabCut) and write BANK/objects*.jsonl (one record per "
+        "object: prompt, seed, model, settings, status ok or the rejection reason, file) with the RGBA cut-outs. "
+        "Resumable; --shard I/K (or torchrun's ranks) builds a disjoint share, and the shards together equal one run.",
+    )
+    objects.add_argument("--model", required=True, help="Stable Diffusion: a local diffusers folder, or a .safetensors/.ckpt file with --config")
+    objects.add_argument("--config", help="diffusers configuration folder for a single-file model")
+    objects.add_argument("--n", type=_count(1), required=True, help="objects to plan")
+    objects.add_argument("--out", required=True, help="the bank folder")
+    objects.add_argument("--extractor", choices=("u2net", "u2netp", "grabcut"),
+                         help="salient object extractor (default: u2net with --extractor-weights, else grabcut)")
+    objects.add_argument("--extractor-weights", help="u2net.pth or u2netp.pth (the official releases)")
+    objects.add_argument("--steps", type=_count(1), default=30, help="diffusion steps (default 30)")
+    objects.add_argument("--size", type=_count(8), default=512, help="image side in pixels, a multiple of 8 (default 512)")
+    objects.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    objects.add_argument("--seed", type=_count(0), default=0, help="bank seed: plans every object (default 0)")
+    objects.add_argument("--shard", type=_shard, help="build shard I of K, e.g. 0/4 (default: torchrun's rank/world size, else 0/1)")
+    objects.add_argument("--batch", type=_count(1), default=1, help="objects drawn per diffusion batch (default 1)")
+    objects.add_argument("--vocabulary", help="objects CSV: object,category,min_height_m,max_height_m (default: diffeel's list)")
+    objects.add_argument("--backgrounds", help="backgrounds, one per line (default: diffeel's list)")
+    objects.add_argument("--device", default="cpu", help="cpu (default) or cuda (float16, attention slicing)")
+    objects.add_argument("--quiet", action="store_true", help="no progress bar")
+    objects.set_defaults(handler=_synth_objects_command)
+    paste = synth_commands.add_parser(
+        "paste",
+        help="write training pairs: frames + a bank → images and train-id labels with pasted anomalies (254)",
+        description="Paste objects from a bank into frames with train ids (placement on the road at the camera's "
+        "perspective, illumination matching, DoveNet with --harmonizer-weights, Eq. 1) and write OUT/images, OUT/labels "
+        "and OUT/pastes.jsonl. Frame i uses seed (SEED, i): reruns write the same pairs and resume after an interruption.",
+    )
+    _add_paste_arguments(paste)
+    paste.add_argument("--n", type=_count(1), help="only the first N frames")
+    paste.add_argument("--out", required=True, help="output folder")
+    paste.add_argument("--quiet", action="store_true", help="no progress bar")
+    paste.set_defaults(handler=_synth_paste_command)
+    preview = synth_commands.add_parser(
+        "preview",
+        help="a contact sheet: prompt → generated image → mask → pasted result",
+        description="One row per object of the bank (accepted and rejected, with the reason); the pasted column needs "
+        "frames (--cityscapes, --world or --images with --labels).",
+    )
+    _add_paste_arguments(preview)
+    preview.add_argument("--rows", type=_count(1), default=6, help="objects shown (default 6)")
+    preview.add_argument("--out", required=True, help="the PNG to write")
+    preview.set_defaults(handler=_synth_preview_command)
 
     world = commands.add_parser("world", help="the embedded world: procedural road scenes with exact labels")
     world_commands = world.add_subparsers(dest="world_command", metavar="COMMAND", required=True)
@@ -568,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that keep finished work after an interrupt and pick it up when rerun.
-RESUMABLE = {"score", "world make", "demo", "train"}
+RESUMABLE = {"score", "world make", "demo", "train", "synth objects"}
 
 
 class _Terminated(KeyboardInterrupt):
@@ -580,7 +733,7 @@ def _raise_terminated(signum, frame):
 
 
 def _command_name(args: argparse.Namespace) -> str:
-    sub = getattr(args, "world_command", None) or getattr(args, "weather_command", None)
+    sub = getattr(args, "world_command", None) or getattr(args, "weather_command", None) or getattr(args, "synth_command", None)
     return f"{args.command} {sub}" if sub else args.command
 
 

@@ -87,6 +87,30 @@ def _small_rpl(**options) -> RPLModel:
     return RPLModel(SmallDeepLab(**options))
 
 
+def _u2net(**options):
+    from .u2net import U2NET
+
+    return U2NET(**options)
+
+
+def _u2netp(**options):
+    from .u2net import U2NETP
+
+    return U2NETP(**options)
+
+
+def _dovenet(**options):
+    from .dovenet import DoveNetGenerator
+
+    return DoveNetGenerator(**options)
+
+
+def _dovenet_state(state: dict, model) -> dict:
+    from .dovenet import dovenet_state
+
+    return dovenet_state(state, model)
+
+
 _MODELS: dict[str, ModelEntry] = {
     "rpl_wrn38": ModelEntry(
         RPLWiderResNet38,
@@ -96,6 +120,11 @@ _MODELS: dict[str, ModelEntry] = {
     ),
     "small_deeplab": ModelEntry(SmallDeepLab, "the demo's small DeepLabV3+ for CPUs (diffeel train --recipe demo-closed)"),
     "small_rpl": ModelEntry(_small_rpl, "the RPL module around the small DeepLab (diffeel train --recipe demo-rpl / demo-rpl+eel)"),
+    "u2net": ModelEntry(_u2net, "U^2-Net salient object detector (Qin et al., 2020): loads the released u2net.pth; "
+                        "model(x) gives 7 sigmoid maps, fused first"),
+    "u2netp": ModelEntry(_u2netp, "U^2-NetP, the small U^2-Net: loads the released u2netp.pth"),
+    "dovenet": ModelEntry(_dovenet, "DoveNet's harmonization generator (CVPR 2020): loads the released latest_net_G.pth; "
+                          "model(comp, mask) at 256x256", _dovenet_state),
 }
 
 

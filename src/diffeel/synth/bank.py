@@ -2,7 +2,10 @@
 
 On disk a bank is a folder with ``objects.csv`` (columns ``file, kind, min_height_m,
 max_height_m``; ``family`` and any others are ignored) and the RGBA PNGs it lists, as written by
-``diffeel world make`` under ``train/objects``. The object mask is ``alpha > 127``, cropped tightly.
+``diffeel world make`` under ``train/objects``; or with ``objects*.jsonl`` records (one JSON
+object per line, ``status`` ``"ok"`` marking the usable ones, ``file``, ``object``,
+``height_range``), as ``diffeel synth objects`` writes them. The object mask is ``alpha > 127``,
+cropped tightly.
 
 Anything with a ``sample(rng) -> BankObject`` method can stand in for :class:`ObjectBank` (a
 diffusion generator followed by a salient-object extractor, for example).
@@ -114,10 +117,30 @@ def read_cutout(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return tight_crop(np.ascontiguousarray(rgba[..., :3]), mask)
 
 
+def _read_records(folder: Path) -> list[_Entry]:
+    from .bank_builder import read_records
+
+    entries = []
+    for record in read_records(folder):
+        if record["status"] != "ok":
+            continue  # rejected by the extractor; the record keeps the reason
+        try:
+            low, high = (float(v) for v in record["height_range"])
+            entries.append(_Entry(folder / record["file"], str(record.get("object") or "object"), (low, high)))
+        except (KeyError, TypeError, ValueError):
+            raise DiffeelError(f"object bank {folder}: record {record['id']} lacks a file or a height_range") from None
+    if not entries:
+        raise DiffeelError(f"object bank {folder} records no accepted object (status ok)")
+    return entries
+
+
 def _read_csv(folder: Path) -> list[_Entry]:
     table = folder / CSV_NAME
     if not table.is_file():
-        raise DiffeelError(f"object bank {folder} has no {CSV_NAME} (columns: {', '.join(REQUIRED_COLUMNS)})")
+        if any(folder.glob("objects*.jsonl")):
+            return _read_records(folder)
+        raise DiffeelError(f"object bank {folder} has no {CSV_NAME} (columns: {', '.join(REQUIRED_COLUMNS)}) "
+                           "and no objects*.jsonl records")
     with open(table, newline="", encoding="utf-8") as stream:
         reader = csv.DictReader(stream)
         missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]

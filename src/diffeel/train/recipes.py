@@ -245,8 +245,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Module | None = None, device: str = "cpu",
-                   progress: bool = True, stop_after: int | None = None, validate=None) -> torch.nn.Module:
-    """Train ``config`` on a world's training split (``world make``'s ``train/``), resumably.
+                   progress: bool = True, stop_after: int | None = None, validate=None, objects=None) -> torch.nn.Module:
+    """Train ``config`` on a world's training split (``world make``'s ``train/``), resumably, with
+    objects from ``objects`` (any bank folder: diffusion objects, COCO cut-outs) or the world's own.
 
     ``closed`` trains the small DeepLab; ``rpl`` / ``rpl+eel`` train the RPL module around the
     frozen ``host``. Batches are channels-last (about 15 % faster convolutions on CPU).
@@ -262,7 +263,7 @@ def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Mod
         if host is None:
             raise DiffeelError(f"the {config.loss} recipe trains around a closed host; give its checkpoint")
         model, groups = residual_model(host.to(device), config.seed, config.head_lr_multiplier)
-    data = TrainingImages(world_train, build_synthesizer(config, world_train / "objects"), crop=config.crop,
+    data = TrainingImages(world_train, build_synthesizer(config, objects or world_train / "objects"), crop=config.crop,
                           paste_probability=config.paste_probability, photometric=config.photometric)
 
     def batch(step):
