@@ -192,7 +192,7 @@ def test_cli_trains_and_refuses_bad_data(data, tmp_path):
     cases = [
         (["--cityscapes", data / "cityscapes", "--coco", tmp_path / "bad-coco"], "categories"),
         (["--cityscapes", tmp_path / "nowhere", "--objects", data / "bank"], "does not exist"),
-        (["--cityscapes", data / "cityscapes"], "--coco (a COCO root) or --objects"),
+        (["--cityscapes", data / "cityscapes"], "--coco (a COCO root), --objects (an object bank folder), or both"),
         (["--cityscapes", data / "cityscapes", "--coco", tmp_path / "no-coco"], "no-coco"),
     ]
     broken = [a if a != data / "cityscapes_best.pth" else tmp_path / "broken.pth" for a in base]
@@ -201,3 +201,14 @@ def test_cli_trains_and_refuses_bad_data(data, tmp_path):
         code, _, err = run(*(arguments[0] if arguments else base), *extra, "--out", tmp_path / "bad")
         assert code == 2 and phrase in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "bad").exists()
+
+
+def test_generated_and_coco_objects_pool_into_one_source(data, tmp_path):
+    from diffeel.train.recipes import PooledSource, outlier_source
+
+    coco_tree(tmp_path / "coco", np.random.default_rng(5))
+    source = outlier_source(config(), coco=tmp_path / "coco", objects=data / "bank", inlier_frames=8)
+    assert isinstance(source, PooledSource) and len(source) == 3 + len(source.sources[1])
+    rng = np.random.default_rng(0)
+    kinds = {source.sample(rng).kind for _ in range(60)}
+    assert "debris" in kinds and kinds - {"debris"}  # both the bank's and COCO's objects are drawn

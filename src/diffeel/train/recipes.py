@@ -277,18 +277,38 @@ def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Mod
 
 def outlier_source(config: TrainConfig, *, coco=None, objects=None, inlier_frames: int):
     """Where pasted objects come from: an object bank folder (world debris, diffusion objects, any
-    cut-outs) or COCO filtered as RPL / Meta-OoD do, ``inlier_frames`` images of it as in RPL (its
-    COCO proxy size is the number of Cityscapes training frames), times ``object_pool``."""
-    if (coco is None) == (objects is None):
-        raise DiffeelError("give the outlier objects: --coco (a COCO root) or --objects (an object bank folder), one of them")
+    cut-outs), COCO filtered as RPL / Meta-OoD do (``inlier_frames`` images of it, as RPL's COCO
+    proxy size is the number of Cityscapes training frames), or both pooled, as the paper's 44,500
+    objects pool generated and COCO ones; each times ``object_pool``."""
+    if coco is None and objects is None:
+        raise DiffeelError("give the outlier objects: --coco (a COCO root), --objects (an object bank folder), or both")
+    sources = []
     if objects is not None:
         from ..synth import ObjectBank
 
         bank = ObjectBank.from_folder(objects, preload=False)
-        return bank.subset(config.object_pool, seed=config.seed) if config.object_pool < 1 else bank
-    from ..data.coco import CocoOutliers
+        sources.append(bank.subset(config.object_pool, seed=config.seed) if config.object_pool < 1 else bank)
+    if coco is not None:
+        from ..data.coco import CocoOutliers
 
-    return CocoOutliers(coco, limit=max(1, round(config.object_pool * inlier_frames)), seed=config.seed)
+        sources.append(CocoOutliers(coco, limit=max(1, round(config.object_pool * inlier_frames)), seed=config.seed))
+    return sources[0] if len(sources) == 1 else PooledSource(sources)
+
+
+class PooledSource:
+    """Several object sources as one pool: each draw picks an object uniformly from all of them."""
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+        self.sizes = np.array([len(source) for source in self.sources])
+
+    def __len__(self) -> int:
+        return int(self.sizes.sum())
+
+    def sample(self, rng):
+        index = int(rng.integers(len(self)))
+        which = int(np.searchsorted(np.cumsum(self.sizes), index, side="right"))
+        return self.sources[which][index - int(self.sizes[:which].sum())]
 
 
 class StepBatches:
