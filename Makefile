@@ -31,6 +31,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/components_bench.py
 	$(BIN)/python benchmarks/weather_bench.py
 	$(BIN)/python benchmarks/host_bench.py
+	$(BIN)/python benchmarks/synth_bench.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
