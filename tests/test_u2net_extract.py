@@ -24,23 +24,11 @@ from diffeel.synth.extract import (
     u2net_postprocess,
     u2net_preprocess,
 )
+from model_fixtures import randomise_batch_norms
 
 DATA = Path(__file__).parent / "data"
 TINY = 16  # width divisor of the test network: same module tree and keys, 1/16 of the channels
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-
-
-def randomise_batch_norms(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Non-trivial running statistics and affine parameters, so a wrong normalisation shows."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
-    return model
 
 
 @pytest.fixture(scope="module", autouse=True)
