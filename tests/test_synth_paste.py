@@ -71,6 +71,8 @@ def test_paste_writes_exact_pairs_resumes_and_harmonizing_keeps_the_labels(input
         harmonized = np.array(Image.open(tmp_path / "pairs" / "labels" / f"{record['id']}.png"))
         plain = np.array(Image.open(tmp_path / "plain" / "labels" / f"{record['id']}.png"))
         assert np.array_equal(harmonized, plain)  # the blender changes colours, never the label map
+    code, _, err = run(*base, "--k", "3", "--out", tmp_path / "pairs")
+    assert code == 2 and "made with other settings" in err
     code, _, err = run("synth", "paste", "--bank", inputs / "bank", "--images", inputs / "images", "--out", tmp_path / "x")
     assert code == 2 and "--images needs --labels" in err
 

@@ -309,7 +309,10 @@ def _synth_paste_command(args: argparse.Namespace) -> None:
     from .synth.pairs import labelled_frames, write_pairs
 
     frames = labelled_frames(cityscapes=args.cityscapes, world=args.world, images=args.images, labels=args.labels)
-    counts = write_pairs(frames, _paste_synthesizer(args), args.out, seed=args.seed, limit=args.n, progress=not args.quiet)
+    settings = {"bank": str(Path(args.bank).resolve()), "k": list(args.k), "harmonize": not args.no_harmonize,
+                "dovenet": args.harmonizer_weights and str(Path(args.harmonizer_weights).resolve()), "poisson": args.poisson}
+    counts = write_pairs(frames, _paste_synthesizer(args), args.out, seed=args.seed, limit=args.n, settings=settings,
+                         progress=not args.quiet)
     print(f"training pairs in {args.out}: {counts['written']} written ({counts['objects']} objects pasted), "
           f"{counts['kept']} already there; images/, labels/ (train ids, anomaly = 254), pastes.jsonl")
 

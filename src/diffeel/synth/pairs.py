@@ -69,14 +69,20 @@ def labelled_frames(*, cityscapes=None, world=None, images=None, labels=None, sp
 
 
 def write_pairs(frames: list[LabelledFrame], synthesizer, out, *, seed: int = 0, limit: int | None = None,
-                progress: bool = True) -> dict:
+                settings: dict | None = None, progress: bool = True) -> dict:
     """``out/images/{id}.png``, ``out/labels/{id}.png`` and ``out/pastes.jsonl`` (what went where)
-    for the first ``limit`` frames; frames already written are kept."""
+    for the first ``limit`` frames; frames already written are kept. ``settings`` (recorded in
+    ``pairs_config.json``) must match those of the pairs already there."""
     from tqdm import tqdm
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DiffeelError(f"--out {out} is an existing file")
+    config_path, config = out / "pairs_config.json", {**(settings or {}), "seed": seed}
+    if config_path.exists() and json.loads(config_path.read_text()) != config:
+        raise DiffeelError(f"{out} holds pairs made with other settings; use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
     frames = frames[:limit] if limit else frames
     records_path = out / "pastes.jsonl"
     records = {}
