@@ -99,6 +99,18 @@ def _u2netp(**options):
     return U2NETP(**options)
 
 
+def _mask2anomaly(**options):
+    from .mask2anomaly import Mask2Anomaly
+
+    return Mask2Anomaly(**options)
+
+
+def _mask2anomaly_state(state: dict, model) -> dict:
+    from .mask2anomaly import mask2anomaly_state
+
+    return mask2anomaly_state(state, model)
+
+
 def _dovenet(**options):
     from .dovenet import DoveNetGenerator
 
@@ -120,6 +132,8 @@ _MODELS: dict[str, ModelEntry] = {
     ),
     "small_deeplab": ModelEntry(SmallDeepLab, "the demo's small DeepLabV3+ for CPUs (diffeel train --recipe demo-closed)"),
     "small_rpl": ModelEntry(_small_rpl, "the RPL module around the small DeepLab (diffeel train --recipe demo-rpl / demo-rpl+eel)"),
+    "mask2anomaly_r50": ModelEntry(_mask2anomaly, "Mask2Anomaly (Rai et al.): Mask2Former ResNet-50 with global mask attention, "
+                                   "plain PyTorch; loads the official model_final.pth", _mask2anomaly_state),
     "u2net": ModelEntry(_u2net, "U^2-Net salient object detector (Qin et al., 2020): loads the released u2net.pth; "
                         "model(x) gives 7 sigmoid maps, fused first"),
     "u2netp": ModelEntry(_u2netp, "U^2-NetP, the small U^2-Net: loads the released u2netp.pth"),
