@@ -114,3 +114,32 @@ def test_two_torchrun_processes_write_the_bytes_of_one(setup, tmp_path):
     assert "rank 0 of 2" in two.stdout
     assert maps(tmp_path / "one") == maps(tmp_path / "two") and len(maps(tmp_path / "one")) == 4 * 5
     assert (tmp_path / "one" / "score_config.json").read_text() == (tmp_path / "two" / "score_config.json").read_text()
+
+
+TINY_MASK = {"hidden_dim": 32, "num_queries": 10, "dec_layers": 3, "width_divisor": 16, "norm_groups": 4, "dim_feedforward": 32,
+             "enc_layers": 1, "enc_dim_feedforward": 32, "nheads": 4}
+
+
+def test_mask_model_scores_eq3_and_the_official_script(setup, tmp_path):
+    from diffeel.models.mask2anomaly_inference import eq3_score, official_anomaly_score
+
+    torch.manual_seed(0)
+    model = create_model("mask2anomaly_r50", **TINY_MASK)
+    torch.save({"model": model.state_dict()}, tmp_path / "m2a.pth")
+    options = [a for key, value in TINY_MASK.items() for a in ("--model-option", f"{key}={value}")]
+    common = ["score", "--model", "mask2anomaly_r50", *options, "--checkpoint", tmp_path / "m2a.pth", "--benchmark", "comsamy",
+              "--root", setup / "bench", "--dtype", "float32", "--quiet"]
+    assert run(*common, "--scores", "msp,eel", "--out", tmp_path / "eq3")[0] == 0
+    code, _, err = run(*common, "--inference", "anomaly_inference", "--out", tmp_path / "official")
+    assert code == 0, err
+    model = create_model("mask2anomaly_r50", checkpoint=tmp_path / "m2a.pth", **TINY_MASK)
+    for image_path in sorted((setup / "bench" / "images").iterdir()):
+        rgb = read_image(image_path)
+        with torch.inference_mode():
+            outputs = model(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float())
+            expected = eq3_score(outputs, outputs["image_size"])[0].numpy()
+        np.testing.assert_allclose(np.load(tmp_path / "eq3" / "msp" / f"{image_path.stem}.npy"), expected, atol=1e-6)
+        official = np.asarray(official_anomaly_score(model, np.ascontiguousarray(rgb[..., ::-1])), dtype=np.float32)
+        np.testing.assert_allclose(np.load(tmp_path / "official" / "anomaly_inference" / f"{image_path.stem}.npy"), official, atol=2e-5)  # channels-last rounding
+    code, _, err = run(*common, "--inference", "anomaly_inference", "--smooth", "rpl", "--out", tmp_path / "bad")
+    assert code == 2 and "takes no --smooth or --size" in err

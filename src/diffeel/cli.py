@@ -30,7 +30,7 @@ def _score_model_command(args: argparse.Namespace) -> None:
         raise DiffeelError("--model needs --benchmark and --root: the frames to score")
     settings = ScoreSettings(scores=tuple(s.strip() for s in args.scores.split(",") if s.strip()), alpha=args.alpha,
                              smooth=args.smooth, size=args.size[::-1] if args.size else None, batch=args.batch,
-                             dtype=args.dtype or "float16")
+                             dtype=args.dtype or "float16", inference=args.inference)
     check_output_dir(args.out, allowed=None)
     frames = _benchmark_frames(args)
     with process_group(args.device) as context:
@@ -514,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark_arguments(score, required=False)
     score.add_argument("--scores", default=",".join(SCORES), help=f"--model: scores to write (default: {','.join(SCORES)})")
     score.add_argument("--batch", type=_count(1), default=1, help="--model: frames per forward pass (default 1)")
+    score.add_argument("--inference", choices=("default", "anomaly_inference"), default="default",
+                       help="--model, mask models: default = Eq. 3 (msp) and the EEL family on mask-wise logits; anomaly_inference "
+                       "= Mask2Anomaly's official script's score (its resizing, kept-query channels, zeroing rule, flip average)")
     score.add_argument("--size", type=_size, help="--model: resize images to WIDTHxHEIGHT before the model (default: full resolution)")
     score.add_argument("--device", default="cpu", help="--model: cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
     score.add_argument("--score", choices=sorted(SCORES), default="eel", help="logits files: score to compute (default: eel, Eq. 6)")

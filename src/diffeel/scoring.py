@@ -27,7 +27,8 @@ from .data.images import image_size
 from .distributed import Distributed
 from .errors import DiffeelError
 from .metrics import PixelMetrics
-from .models import input_normalization, normalise, scoring_logits
+from .models import input_normalization, is_mask_model, normalise, scoring_logits
+from .models.mask2anomaly_inference import OFFICIAL_SCRIPT
 from .scores import SCORES, compute_score, gaussian_smooth
 
 CONFIG_NAME = "score_config.json"
@@ -41,8 +42,17 @@ class ScoreSettings:
     size: tuple[int, int] | None = None  # (height, width) the model sees; None = the image's own
     batch: int = 1
     dtype: str = "float16"
+    inference: str = "default"  # mask models: "anomaly_inference" = Mask2Anomaly's official script's score
 
     def __post_init__(self):
+        if self.inference not in ("default", OFFICIAL_SCRIPT):
+            raise DiffeelError(f"inference must be default or {OFFICIAL_SCRIPT}, got {self.inference!r}")
+        if self.inference == OFFICIAL_SCRIPT:
+            if self.smooth != "none" or self.size is not None:
+                raise DiffeelError(f"--inference {OFFICIAL_SCRIPT} resizes and scores as Mask2Anomaly's script does; "
+                                   "it takes no --smooth or --size")
+            object.__setattr__(self, "scores", (OFFICIAL_SCRIPT,))
+            return
         unknown = [s for s in self.scores if s not in SCORES]
         if unknown or not self.scores:
             raise DiffeelError(f"unknown score {unknown[0]!r}; choose from {', '.join(SCORES)}" if unknown else "no score was asked for")
@@ -100,7 +110,7 @@ def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings:
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
-    config = {**provenance, "scores": list(settings.scores), "alpha": settings.alpha, "smooth": settings.smooth,
+    config = {**provenance, "scores": list(settings.scores), "inference": settings.inference, "alpha": settings.alpha, "smooth": settings.smooth,
               "size": list(settings.size) if settings.size else None, "dtype": settings.dtype, "frames": len(frames)}
     if not overwrite:
         _check_config(out_dir, config)
@@ -126,7 +136,13 @@ def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings:
 
 
 def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: str, device) -> dict[str, np.ndarray]:
-    """``{score: (N, H, W) float32 maps}`` at label resolution for frames of one image and label size."""
+    """``{score: (N, H, W) float32 maps}`` at label resolution for frames of one image and label size.
+
+    For a mask model ``msp`` is Eq. 3's mask-wise MSP (``1 - max_c`` of the class map, which is not
+    normalised), the other scores come from the mask-wise logits; ``settings.inference =
+    "anomaly_inference"`` runs Mask2Anomaly's official scoring instead (its own resizing and flip)."""
+    if settings.inference == OFFICIAL_SCRIPT:
+        return {OFFICIAL_SCRIPT: _official_maps(model, frames)}
     images = torch.from_numpy(np.stack([frame.load_image() for frame in frames])).to(device).permute(0, 3, 1, 2).float()
     if settings.size is not None:
         images = F.interpolate(images, size=settings.size, mode="bilinear", align_corners=False)
@@ -138,13 +154,37 @@ def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: s
         logits = logits.contiguous()  # scores reduce over classes: the same layout as saved logits gives the same bits
         maps = {}
         for name in settings.scores:
-            score_map = compute_score(name, logits, alpha=settings.alpha, dim=1)
+            if name == "msp" and is_mask_model(model):
+                score_map = 1.0 - logits.amax(dim=1)  # Eq. 3
+            else:
+                score_map = compute_score(name, logits, alpha=settings.alpha, dim=1)
             if settings.smooth == "rpl":
                 score_map = gaussian_smooth(score_map)
             maps[name] = score_map.cpu().numpy()
     for name, score_maps in maps.items():
         if not np.isfinite(score_maps).all():
             raise DiffeelError(f"the model gave non-finite {name} scores on frame {frames[0].id}; its logits contain NaN or inf")
+    return maps
+
+
+def _official_maps(model, frames: list[Frame]) -> np.ndarray:
+    """Mask2Anomaly's official score of each frame (BGR in, as its script reads images), at label size."""
+    import cv2
+
+    from .models.mask2anomaly_inference import official_anomaly_score
+
+    if not is_mask_model(model):
+        raise DiffeelError(f"--inference {OFFICIAL_SCRIPT} is Mask2Anomaly's scoring; the model is not a mask model")
+    maps = []
+    for frame in frames:
+        score = np.asarray(official_anomaly_score(model, np.ascontiguousarray(frame.load_image()[..., ::-1])), dtype=np.float32)
+        label_width, label_height = image_size(frame.label_path)
+        if score.shape != (label_height, label_width):
+            score = cv2.resize(score, (label_width, label_height), interpolation=cv2.INTER_LINEAR)
+        maps.append(score)
+    maps = np.stack(maps)
+    if not np.isfinite(maps).all():
+        raise DiffeelError(f"the model gave non-finite scores on frame {frames[0].id}")
     return maps
 
 

@@ -256,9 +256,23 @@ def normalise(images: torch.Tensor, how: str) -> torch.Tensor:
     return (images - mean) / std
 
 
+def is_mask_model(model: nn.Module) -> bool:
+    """Whether ``model`` classifies masks (Mask2Anomaly): its per-pixel logits are mask-wise."""
+    from .mask2anomaly import Mask2Anomaly
+
+    return isinstance(model, Mask2Anomaly)
+
+
 def scoring_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The logits anomaly scores come from: RPL's ``out2`` (``out1`` when the residual module is
-    untrained, i.e. a closed-set checkpoint), computed alone; else the model's logits."""
+    untrained, i.e. a closed-set checkpoint), computed alone; a mask model's mask-wise logits
+    (Eq. 3's class map, ``Σ_q softmax(c_q)[:C]·sigmoid(m_q)``) at the input size; else the model's
+    logits."""
+    if is_mask_model(model):
+        from .mask2anomaly_inference import mask_wise_logits
+
+        outputs = model(images)
+        return mask_wise_logits(outputs, outputs["image_size"])
     if isinstance(model, (RPLModel, RPLWiderResNet38)):
         if getattr(model, "residual_trained", True):
             return model(images, outputs=("rpl",)).rpl_logits
