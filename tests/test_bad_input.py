@@ -301,7 +301,7 @@ CASES = [
     case("train-unknown-setting", [*TRAIN, "--recipe", "demo-closed", "--set", "nonsense=1"], "unknown training setting 'nonsense'"),
     case("train-negative-lr", [*TRAIN, "--recipe", "demo-closed", "--set", "lr=-1"], "lr and head_lr_multiplier must be positive"),
     case("train-no-world-or-out", ["train", "--recipe", "demo-closed", "--quiet"], "give --world"),
-    case("train-m2a-needs-missing-host", [*TRAIN, "--recipe", "m2a"], "Mask2Anomaly host, which diffeel does not have"),
+    case("train-m2a-on-a-world", [*TRAIN, "--recipe", "m2a"], "trains the Mask2Anomaly host on Cityscapes"),
     case("train-rpl-corrupt-host", [*TRAIN, "--recipe", "rpl", "--host", "{s}/host.pt"], "checkpoint {s}/host.pt could not be read",
          write("host.pt", b"PK\x03\x04 half a checkpoint")),
 ]

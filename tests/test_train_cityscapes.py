@@ -212,3 +212,30 @@ def test_generated_and_coco_objects_pool_into_one_source(data, tmp_path):
     rng = np.random.default_rng(0)
     kinds = {source.sample(rng).kind for _ in range(60)}
     assert "debris" in kinds and kinds - {"debris"}  # both the bank's and COCO's objects are drawn
+
+
+TINY_MASK = {"hidden_dim": 32, "num_queries": 10, "dec_layers": 3, "width_divisor": 16, "norm_groups": 4, "dim_feedforward": 32,
+             "enc_layers": 1, "enc_dim_feedforward": 32, "nheads": 4}
+
+
+@pytest.mark.parametrize("recipe", ["m2a", "m2a+eel"])
+def test_mask2anomaly_recipes_train_resume_and_load_back(data, tmp_path, recipe):
+    torch.manual_seed(2)
+    torch.save({"model": create_model("mask2anomaly_r50", **TINY_MASK).state_dict()}, tmp_path / "model_final.pth")
+    make = lambda: create_model("mask2anomaly_r50", checkpoint=tmp_path / "model_final.pth", **TINY_MASK)  # noqa: E731
+    settings = {"steps": 2, "batch_size": 2, "crop": [32, 48], "save_every": 1, "paste_probability": 1.0,
+                "mask_loss": {**preset(recipe).mask_loss, "train_points": 64}}
+    runs = {}
+    for name, stops in (("whole", (None,)), ("resumed", (1, None))):
+        for stop in stops:
+            train_on_cityscapes(preset(recipe, **settings), data / "cityscapes", tmp_path / name, make, objects=data / "bank",
+                                device=torch.device("cpu"), progress=False, stop_after=stop)
+        runs[name] = states(tmp_path / name)["model"]
+    assert all(torch.equal(runs["whole"][k], runs["resumed"][k]) for k in runs["whole"])
+    log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and ("eel" if recipe == "m2a+eel" else "contrastive") in log[0]
+    trained = create_model("mask2anomaly_r50", checkpoint=tmp_path / "whole" / "checkpoint.pt", **TINY_MASK)
+    original = make()
+    backbone = [k for k in original.state_dict() if k.startswith("backbone.")]
+    assert all(torch.equal(trained.state_dict()[k], original.state_dict()[k]) for k in backbone)  # frozen
+    assert not all(torch.equal(trained.state_dict()[k], original.state_dict()[k]) for k in original.state_dict())

@@ -7,7 +7,7 @@ Presets (``diffeel train --recipe NAME --show-config`` prints one with where eac
 - ``rpl+eel``: the paper's RPL + DiffEEL (section V-A: lr 5e-5, poly, 30 epochs, λ = 0.05), the
   rest inherited from RPL's recipe, Eq. 8 on diffeel's synthesized data.
 - ``m2a`` / ``m2a+eel``: Mask2Anomaly's fine-tuning recipe and the paper's M2A + DiffEEL (Eq. 10).
-  Printable; training them needs the Mask2Anomaly host, which diffeel does not have yet.
+  They train ``mask2anomaly_r50`` on Cityscapes (``diffeel train --cityscapes --host mask2anomaly_r50``).
 - ``demo-closed``, ``demo-rpl``, ``demo-rpl+eel``: the demo's CPU-sized settings (a small DeepLab
   on 256×128 world frames for minutes, not a WiderResNet38 on 700×700 crops for days).
 
@@ -34,6 +34,7 @@ from .data import CityscapesTraining, EpochBatches, augment_frame
 from .loop import TrainConfig, step_generator, train
 
 RPL_ITERATIONS_PER_EPOCH = 371  # RPL's code: 2975 Cityscapes frames / batch 8
+MASK_LOSSES = ("m2a", "m2a+eel")
 _MASK2ANOMALY_LOSS = {"class_weight": 2.0, "mask_weight": 5.0, "dice_weight": 5.0, "no_object_weight": 0.1,
                       "train_points": 12544, "deep_supervision": True, "ce_weight": 1.0}
 
@@ -179,8 +180,17 @@ def loss_for(config: TrainConfig):
         return closed_loss
     if config.loss in ("rpl", "rpl+eel"):
         return residual_loss(config)
-    raise DiffeelError(f"the {config.loss} recipe trains the Mask2Anomaly host, which diffeel does not have yet; "
-                       "--show-config prints its settings")
+    return mask_model_loss(config)
+
+
+def mask_model_loss(config: TrainConfig):
+    """Mask2Anomaly's objective (``m2a``) or Eq. 10 (``m2a+eel``) with the config's weights."""
+    from .mask_criterion import mask2anomaly_loss
+
+    def loss(model, images, labels) -> dict:
+        return mask2anomaly_loss(model(images), labels, config)
+
+    return loss
 
 
 def closed_model(seed: int):
@@ -227,7 +237,7 @@ def build_synthesizer(config: TrainConfig, objects_folder=None, source=None):
     ``objects_folder``."""
     if config.synthesizer == "none":
         return None
-    from ..synth import CopyPasteSynthesizer, ObjectBank, RPLMixSynthesizer
+    from ..synth import RPL_SCALES, CopyPasteSynthesizer, ObjectBank, RPLMixSynthesizer
 
     bank = source
     if bank is None:
@@ -235,7 +245,9 @@ def build_synthesizer(config: TrainConfig, objects_folder=None, source=None):
         if config.object_pool < 1:
             bank = bank.subset(config.object_pool, seed=config.seed)
     if config.synthesizer == "rpl-mix":
-        return RPLMixSynthesizer(bank, objects_per_image=config.objects_per_image)
+        # Mask2Anomaly pastes its COCO outliers at their native size; RPL rescales them
+        scales = (1.0,) if config.loss in MASK_LOSSES else RPL_SCALES
+        return RPLMixSynthesizer(bank, objects_per_image=config.objects_per_image, scales=scales)
     return CopyPasteSynthesizer(bank, objects_per_image=config.objects_per_image)
 
 
@@ -252,7 +264,10 @@ def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Mod
     ``closed`` trains the small DeepLab; ``rpl`` / ``rpl+eel`` train the RPL module around the
     frozen ``host``. Batches are channels-last (about 15 % faster convolutions on CPU).
     """
-    loss = loss_for(config)  # first: it says why an objective diffeel cannot train yet is refused
+    if config.loss in MASK_LOSSES:
+        raise DiffeelError(f"the {config.recipe} recipe trains the Mask2Anomaly host on Cityscapes: give --cityscapes and "
+                           "--host mask2anomaly_r50 --checkpoint model_final.pth")
+    loss = loss_for(config)
     world_train = Path(world_train)
     if not (world_train / "images").is_dir():
         raise DiffeelError(f"{world_train} is not a world's training split (no images/); make one with diffeel world make")
@@ -345,21 +360,29 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
     with outliers from COCO or an object bank, as ``config`` says, on this process's share of each
     global batch. Placement pastes on the full frame (the camera's view) before cropping; RPL's
     mixing pastes into the crop, as RPL does."""
-    from ..models import input_normalization
+    from ..models import input_normalization, is_mask_model
 
-    if config.loss not in ("rpl", "rpl+eel"):
-        raise DiffeelError(f"the {config.recipe} recipe ({config.loss} loss) does not train on Cityscapes with an RPL host; "
-                           "use rpl or rpl+eel")
+    if config.loss == "closed":
+        raise DiffeelError(f"the {config.recipe} recipe trains a closed-set host, which diffeel trains on worlds only; "
+                           "use rpl, rpl+eel, m2a or m2a+eel on Cityscapes")
     loss = loss_for(config)
+    # placement needs the camera's whole view, and Mask2Anomaly pastes before augmenting: both paste first
     dataset = CityscapesTraining(cityscapes, config.seed, crop=config.crop, paste_probability=config.paste_probability,
-                                 paste_before_crop=config.synthesizer == "placement", photometric=config.photometric)
+                                 paste_before_crop=config.synthesizer == "placement" or config.loss in MASK_LOSSES,
+                                 photometric=config.photometric)
     source = None if config.synthesizer == "none" else outlier_source(config, coco=coco, objects=objects, inlier_frames=len(dataset))
     dataset.options["synthesizer"] = build_synthesizer(config, source=source)
     torch.manual_seed(config.seed)  # the residual module's Kaiming start is seeded
     model = make_model()
-    if not hasattr(model, "residual_block"):
-        raise DiffeelError("the host has no RPL residual module to train; use rpl_wrn38 (or small_rpl)")
+    if config.loss in MASK_LOSSES:
+        if not is_mask_model(model):
+            raise DiffeelError(f"the {config.recipe} recipe trains a mask model; use --host mask2anomaly_r50")
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]  # the backbone is frozen by the model
+    else:
+        if not hasattr(model, "residual_block"):
+            raise DiffeelError("the host has no RPL residual module to train; use rpl_wrn38 (or small_rpl)")
+        groups = residual_parameter_groups(model, config.head_lr_multiplier)
     model = model.to(device, memory_format=torch.channels_last)
     batch_at = StepBatches(dataset, config, context, device, input_normalization(model), workers)
-    return train(config, model, residual_parameter_groups(model, config.head_lr_multiplier), batch_at, loss, out_dir,
-                 progress=progress, stop_after=stop_after, context=context, validate=validate)
+    return train(config, model, groups, batch_at, loss, out_dir, progress=progress, stop_after=stop_after, context=context,
+                 validate=validate)
