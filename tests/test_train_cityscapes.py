@@ -239,3 +239,36 @@ def test_mask2anomaly_recipes_train_resume_and_load_back(data, tmp_path, recipe)
     backbone = [k for k in original.state_dict() if k.startswith("backbone.")]
     assert all(torch.equal(trained.state_dict()[k], original.state_dict()[k]) for k in backbone)  # frozen
     assert not all(torch.equal(trained.state_dict()[k], original.state_dict()[k]) for k in original.state_dict())
+
+
+def mask_settings():
+    return {"steps": 2, "batch_size": 4, "crop": [32, 48], "save_every": 1, "mask_loss": {**preset("m2a+eel").mask_loss, "train_points": 64}}
+
+
+def train_mask_process(rank: int, world_size: int, root: Path, checkpoint: Path, out: Path, init_file: Path) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    try:
+        train_on_cityscapes(preset("m2a+eel", **mask_settings()), root / "cityscapes", out,
+                            lambda: create_model("mask2anomaly_r50", checkpoint=checkpoint, **TINY_MASK), objects=root / "bank",
+                            device=torch.device("cpu"), context=Distributed(rank, world_size, rank), progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_mask2anomaly_two_gloo_processes_take_the_single_process_step(data, tmp_path):
+    """The matcher's points are drawn per image (seeded by the step and the image), batch means are
+    global: two processes take one process's step."""
+    torch.manual_seed(3)
+    torch.save({"model": create_model("mask2anomaly_r50", **TINY_MASK).state_dict()}, tmp_path / "model_final.pth")
+    torch.set_num_threads(1)
+    try:
+        train_on_cityscapes(preset("m2a+eel", **mask_settings()), data / "cityscapes", tmp_path / "one",
+                            lambda: create_model("mask2anomaly_r50", checkpoint=tmp_path / "model_final.pth", **TINY_MASK),
+                            objects=data / "bank", device=torch.device("cpu"), progress=False)
+    finally:
+        torch.set_num_threads(2)
+    mp.spawn(train_mask_process, args=(2, data, tmp_path / "model_final.pth", tmp_path / "two", tmp_path / "init"), nprocs=2)
+    one, two = states(tmp_path / "one")["model"], states(tmp_path / "two")["model"]
+    for key in one:
+        assert torch.allclose(one[key].float(), two[key].float(), rtol=1e-6, atol=1e-6), key

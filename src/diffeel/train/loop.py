@@ -261,7 +261,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], step, config.steps, config.poly_power)
             images, labels = batch_at(step)
-            torch.manual_seed(step_torch_seed(config.seed, step, context.rank))  # e.g. the matcher's sampled points
+            torch.manual_seed(step_torch_seed(config.seed, step))  # the same on every process: per-image sampling keys on it
             with torch.autocast(device.type, enabled=config.amp), pooled():
                 losses = loss_at(network, images, labels)
             values = averaged(losses)
@@ -306,12 +306,12 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def step_torch_seed(seed: int, step: int, rank: int = 0) -> int:
-    """torch's global seed for one step of one process: randomness inside the loss (Mask2Former's
-    point sampling) repeats exactly when a run resumes."""
+def step_torch_seed(seed: int, step: int) -> int:
+    """torch's global seed for one step: randomness inside the loss (Mask2Former's point sampling)
+    repeats exactly when a run resumes, and is the same on every process."""
     import numpy as np
 
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
 def step_generator(seed: int, step: int, stream: int = 0):

@@ -96,6 +96,25 @@ def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
+def _for_image(generator, image: int):
+    """The generator of one image when there is one per image, else the shared one."""
+    return generator[image] if isinstance(generator, (list, tuple)) else generator
+
+
+def image_generators(labels: torch.Tensor, seed: int | None = None) -> list[torch.Generator]:
+    """One generator per image, seeded by ``seed`` (default: torch's current seed, which training
+    sets per step) and the image's label map: the points sampled for an image do not depend on
+    which other images share its batch, or on which process holds it."""
+    import zlib
+
+    base = torch.initial_seed() if seed is None else int(seed)
+    generators = []
+    for label in labels:
+        checksum = zlib.crc32(label.detach().cpu().numpy().tobytes())
+        generators.append(torch.Generator(device=labels.device).manual_seed((base * 1_000_003 + checksum) % (2**63 - 1)))
+    return generators
+
+
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     source_device = generator.device if generator is not None else device
     return torch.rand(shape, generator=generator, device=source_device).to(device)
@@ -255,7 +274,7 @@ class HungarianMatcher:
             if self.num_points is None:
                 coords = _grid_centres(tuple(target_masks.shape[-2:]), masks.device)
             else:
-                coords = _uniform((self.num_points, 2), generator, masks.device)
+                coords = _uniform((self.num_points, 2), _for_image(generator, image), masks.device)
             query_masks = _at_least_float32(masks[image]).unsqueeze(1)
             query_points = point_sample(query_masks, coords.expand(query_masks.shape[0], -1, -1))[:, 0]
             target_float = target_masks.to(query_masks.dtype).unsqueeze(1)
@@ -466,6 +485,11 @@ class SetCriterion(nn.Module):
         with torch.no_grad():
             if self.num_points is None:
                 coords = _grid_centres(tuple(target.shape[-2:]), source.device).expand(source.shape[0], -1, -1)
+            elif isinstance(generator, (list, tuple)):  # one generator per image: points of an image do not depend on its batch
+                counts = [len(queries) for queries, _ in indices]
+                coords = torch.cat([uncertain_point_coords(part, self.num_points, self.oversample_ratio, self.importance_sample_ratio,
+                                                           generator[image])
+                                    for image, part in enumerate(source.split(counts)) if counts[image]])
             else:
                 coords = uncertain_point_coords(source, self.num_points, self.oversample_ratio,
                                                 self.importance_sample_ratio, generator)
@@ -575,4 +599,4 @@ def mask2anomaly_loss(outputs: Mapping, labels: torch.Tensor, config: Any,
     and :func:`build_criterion`. The criterion holds no parameters, so building it per call is cheap.
     """
     criterion = build_criterion(config).to(outputs["pred_logits"].device)
-    return criterion(outputs, labels, generator)
+    return criterion(outputs, labels, image_generators(labels) if generator is None else generator)

@@ -56,6 +56,7 @@ class GlobalCrossAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.fusion_layer = nn.Conv2d(2 * num_queries, num_queries, kernel_size=1)  # in the checkpoint, unused
+        self.fusion_layer.requires_grad_(False)  # never in the forward: no gradient to wait for (DDP) or to apply
         _xavier(self)
 
     def forward(self, tgt, memory, foreground_mask, background_mask, pos, query_pos) -> torch.Tensor:
