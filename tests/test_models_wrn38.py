@@ -269,3 +269,11 @@ def test_factory_by_file_path_and_module_name(tmp_path, images):
 def test_factory_errors(spec, phrase):
     with pytest.raises(DiffeelError, match=phrase):
         create_model(spec)
+
+
+def test_models_command_lists_every_registered_model(capsys):
+    from diffeel.cli import main
+
+    assert main(["models"]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{name}: " in printed for name in list_models()) and "package.module:factory" in printed

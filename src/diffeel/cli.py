@@ -243,6 +243,13 @@ def _world_make_command(args: argparse.Namespace) -> None:
           f"training frames, {counts['objects']} training objects; wrote {counts['written']}, kept {counts['kept']}")
 
 
+def _models_command(args: argparse.Namespace) -> None:
+    from .models import describe_models
+
+    print(describe_models())
+    print("any other segmenter: --model package.module:factory or path/to/file.py:factory (an nn.Module giving (N, 19, H, W) logits)")
+
+
 def _shard(text: str) -> tuple[int, int]:
     """``I/K``: shard I of K (0 <= I < K)."""
     try:
@@ -629,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--device", default="cpu", help="cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     training.set_defaults(handler=_train_command)
+
+    models = commands.add_parser("models", help="list the registered models and the checkpoints each loads")
+    models.set_defaults(handler=_models_command)
 
     synth = commands.add_parser("synth", help="DiffEEL's anomaly synthesizer: diffusion objects, cut-outs, harmonized pastes")
     synth_commands = synth.add_subparsers(dest="synth_command", metavar="COMMAND", required=True)
