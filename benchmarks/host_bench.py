@@ -1,13 +1,22 @@
-"""CPU forward time and memory of RPL's host ``rpl_wrn38``: the official eager path vs diffeel's scoring path.
+"""CPU forward time and memory of the hosts: the official eager path vs diffeel's scoring path.
 
-Both paths run the same random-weight model (``create_model("rpl_wrn38")``, eval mode, seeded) on
-the same random ImageNet-normalised image, batch 1:
+Both paths run the same random-weight model (eval mode, seeded) on the same random image, batch 1.
+``rpl_wrn38`` (``--model rpl_wrn38``, the default; ImageNet-normalised input):
 
 - eager (the baseline, as the official RPL code runs): NCHW tensors, ``torch.no_grad()``,
   ``model(x)`` computing both outputs, out1 (the frozen host) and out2 (with the residual);
 - optimised (``diffeel score``): model and input in ``torch.channels_last``,
   ``torch.inference_mode()``, ``scoring_logits(model, x)`` computing only out2, the logits anomaly
   scores come from.
+
+``mask2anomaly_r50`` (``--model mask2anomaly_r50``; RGB 0..255 input; default size 256x512, the
+size of the official code's quoted CPU time):
+
+- eager: NCHW, ``torch.no_grad()``, and multi-scale deformable attention computed level by level
+  (one ``grid_sample`` per level, then the weighted sum), as the official code's pure-PyTorch
+  fallback does;
+- optimised: channels-last, ``torch.inference_mode()``, all levels in one ``grid_sample``.
+The compared output is ``pred_masks``.
 
 Each (path, size) runs in its own fresh process, which builds the model and then waits for
 orders: after one warm-up forward each, the repetitions are interleaved (eager, optimised, eager,
@@ -38,17 +47,37 @@ import torch
 from diffeel.models import create_model, normalise, scoring_logits
 
 PATHS = ("eager", "optimised")
+DEFAULT_SIZES = {"rpl_wrn38": "512x1024,1024x2048", "mask2anomaly_r50": "256x512"}
+
+
+def per_level_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """Deformable attention one level at a time (the official pure-PyTorch fallback's algorithm)."""
+    import torch.nn.functional as F
+
+    n, _, heads, channels = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    sampled = []
+    for level, (h, w) in enumerate(spatial_shapes.tolist() if isinstance(spatial_shapes, torch.Tensor) else spatial_shapes):
+        start = int(level_start_index[level])
+        level_value = value[:, start : start + h * w].flatten(2).transpose(1, 2).reshape(n * heads, channels, h, w)
+        grid = sampling_locations[:, :, :, level].transpose(1, 2).flatten(0, 1) * 2 - 1  # (N·M, Q, P, 2)
+        sampled.append(F.grid_sample(level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, queries, levels * points)
+    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(n, heads * channels, queries)
+    return output.transpose(1, 2).contiguous()
 TOLERANCE = 1e-4  # max |optimised - eager| over out2, relative to max |eager out2|
 
 
 def eager_forward(model, x):
     with torch.no_grad():
-        return model(x).rpl_logits  # the official forward computes out1 and out2; out2 is kept
+        output = model(x)
+        return output["pred_masks"] if isinstance(output, dict) else output.rpl_logits  # RPL: out1 and out2 computed
 
 
 def optimised_forward(model, x):
     with torch.inference_mode():
-        return scoring_logits(model, x)
+        output = model(x) if getattr(model, "input_normalization", None) == "0-255" else None
+        return output["pred_masks"] if output is not None else scoring_logits(model, x)
 
 
 FORWARDS = {"eager": eager_forward, "optimised": optimised_forward}
@@ -67,14 +96,18 @@ def peak_resident_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def worker(conn, path: str, height: int, width: int, seed: int, threads: int | None) -> None:
+def worker(conn, path: str, height: int, width: int, seed: int, threads: int | None, name: str = "rpl_wrn38") -> None:
     """A fresh process for one (path, size): build, then one forward per "run" order until "stop"."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = create_model("rpl_wrn38")
+    model = create_model(name)
+    if name == "mask2anomaly_r50" and path == "eager":
+        from diffeel.models.mask2anomaly import deform_attn
+
+        deform_attn.ms_deform_attn = per_level_ms_deform_attn
     rgb = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(seed + 1)) * 255
-    x = normalise(rgb, "imagenet")
+    x = normalise(rgb, model.input_normalization)
     if path == "optimised":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -99,7 +132,7 @@ def measure(height: int, width: int, repeats: int, args) -> dict:
     workers = {}
     for path in PATHS:
         conn, child_conn = context.Pipe()
-        process = context.Process(target=worker, args=(child_conn, path, height, width, args.seed, args.threads))
+        process = context.Process(target=worker, args=(child_conn, path, height, width, args.seed, args.threads, args.model))
         process.start()
         workers[path] = (process, conn)
     threads = {workers[path][1].recv() for path in PATHS}
@@ -124,12 +157,13 @@ def measure(height: int, width: int, repeats: int, args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="512x1024,1024x2048", help="comma-separated HxW (default half and full Cityscapes)")
+    parser.add_argument("--model", choices=sorted(DEFAULT_SIZES), default="rpl_wrn38", help="host to time (default rpl_wrn38)")
+    parser.add_argument("--sizes", help="comma-separated HxW (default: half and full Cityscapes for rpl_wrn38, 256x512 for mask2anomaly_r50)")
     parser.add_argument("--repeats", type=int, help="timed forwards per path (default 2 up to 512x1024, 1 above)")
     parser.add_argument("--threads", type=int, help="torch threads (default torch's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    sizes = [tuple(int(v) for v in size.lower().split("x")) for size in args.sizes.split(",")]
+    sizes = [tuple(int(v) for v in size.lower().split("x")) for size in (args.sizes or DEFAULT_SIZES[args.model]).split(",")]
 
     mb = 2**20
     rows, ok = [], True
@@ -148,12 +182,13 @@ def main(argv=None) -> int:
         scale = float(np.abs(eager["out2"]).max())
         equal = difference <= TOLERANCE * scale
         ok &= equal
-        rows.append(f"{size:<10} out2 max |optimised - eager| = {difference:.2e} (max |out2| {scale:.2e}): "
+        output = "out2" if args.model == "rpl_wrn38" else "pred_masks"
+        rows.append(f"{size:<10} {output} max |optimised - eager| = {difference:.2e} (max |{output}| {scale:.2e}): "
                     f"{'equal' if equal else 'MISMATCH'} to {TOLERANCE:g} relative; threads {sorted(result['threads'])}")
         print(f"{size} done: eager {eager['seconds']:.2f} s, optimised {optimised['seconds']:.2f} s", file=sys.stderr, flush=True)
 
     print(f"\ntorch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, batch 1, "
-          f"rpl_wrn38 random weights (seed {args.seed}); median over the timed repetitions (listed), after one warm-up each")
+          f"{args.model} random weights (seed {args.seed}); median over the timed repetitions (listed), after one warm-up each")
     print(f"{'size':<10} {'path':<16} {'median s':>9} {'peak RSS MB':>12} {'forward extra MB':>17}   (timed s)")
     print("\n".join(rows))
     return 0 if ok else 1
