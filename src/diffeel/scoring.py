@@ -109,6 +109,8 @@ def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings:
     counts of frames scored and kept."""
     from tqdm import tqdm
 
+    if settings.inference == OFFICIAL_SCRIPT and not is_mask_model(model):
+        raise DiffeelError(f"--inference {OFFICIAL_SCRIPT} is Mask2Anomaly's scoring; the model is not a mask model")
     out_dir = Path(out_dir)
     config = {**provenance, "scores": list(settings.scores), "inference": settings.inference, "alpha": settings.alpha, "smooth": settings.smooth,
               "size": list(settings.size) if settings.size else None, "dtype": settings.dtype, "frames": len(frames)}
@@ -173,8 +175,6 @@ def _official_maps(model, frames: list[Frame]) -> np.ndarray:
 
     from .models.mask2anomaly_inference import official_anomaly_score
 
-    if not is_mask_model(model):
-        raise DiffeelError(f"--inference {OFFICIAL_SCRIPT} is Mask2Anomaly's scoring; the model is not a mask model")
     maps = []
     for frame in frames:
         score = np.asarray(official_anomaly_score(model, np.ascontiguousarray(frame.load_image()[..., ::-1])), dtype=np.float32)
