@@ -35,14 +35,13 @@ from __future__ import annotations
 import argparse
 import gc
 import multiprocessing
-import os
-import resource
 import statistics
 import sys
 import time
 
 import numpy as np
 import torch
+from _memory import peak_resident_bytes, resident_bytes
 
 from diffeel.models import create_model, normalise, scoring_logits
 
@@ -81,19 +80,6 @@ def optimised_forward(model, x):
 
 
 FORWARDS = {"eager": eager_forward, "optimised": optimised_forward}
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as stream:
-        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_resident_bytes() -> int:
-    with open("/proc/self/status") as stream:
-        for line in stream:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def worker(conn, path: str, height: int, width: int, seed: int, threads: int | None, name: str = "rpl_wrn38") -> None:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
+from _memory import peak_resident_bytes, resident_bytes
 from _scenes import blob_labels
 from sklearn.metrics import average_precision_score, roc_curve
 
@@ -62,19 +61,6 @@ def run_diffeel(n_frames, layouts, seed, dtype):
             result = metrics.compute()
         elapsed += time.perf_counter() - start
     return result, elapsed, metrics.state_nbytes
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as stream:
-        return int(stream.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_resident_bytes() -> int:
-    with open("/proc/self/status") as stream:
-        for line in stream:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def probe_memory(n_frames, layouts, seed, dtype) -> None:

@@ -2,8 +2,8 @@
 
 The released ``latest_net_G.pth`` is a plain state dict (88 keys, no ``module.`` prefix) of the
 official ``UnetGenerator`` built with ``netG s2ad``, ``norm batch`` and dropout on; this module tree
-reproduces its names, so it loads with strict key matching (:func:`load_dovenet`). The official
-code itself loads it with ``strict=False``.
+reproduces its names, so it loads with strict key matching (:func:`load_dovenet`), where the
+official code skips the key check.
 
 Layout (``ngf`` = 64 for the real network; tests use 4, which keeps every key name):
 

@@ -82,13 +82,22 @@ def _image_sizes(outputs: Mapping, batch: int, padded: tuple[int, int]) -> list[
     return pairs
 
 
-def _check(outputs: Mapping, mask_stride: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+def check_mask_outputs(outputs: Mapping, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pred_logits, pred_masks)`` of a mask model's outputs, shapes checked (and the class count,
+    C + 1 with the no-object class, when ``num_classes`` is given)."""
     if "pred_logits" not in outputs or "pred_masks" not in outputs:
         raise ValueError("model outputs need 'pred_logits' (N, Q, C+1) and 'pred_masks' (N, Q, h, w)")
     logits, masks = outputs["pred_logits"], outputs["pred_masks"]
     if logits.dim() != 3 or masks.dim() != 4 or logits.shape[:2] != masks.shape[:2]:
         raise ValueError(f"expected pred_logits (N, Q, C+1) and pred_masks (N, Q, h, w), got "
                          f"{tuple(logits.shape)} and {tuple(masks.shape)}")
+    if num_classes is not None and logits.shape[-1] != num_classes + 1:
+        raise ValueError(f"pred_logits has {logits.shape[-1]} classes; expected {num_classes} + 1 (no object)")
+    return logits, masks
+
+
+def _check(outputs: Mapping, mask_stride: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    logits, masks = check_mask_outputs(outputs)
     logits, masks = logits.detach().float(), masks.detach().float()
     padded = (mask_stride * masks.shape[-2], mask_stride * masks.shape[-1])
     return logits, masks, _image_sizes(outputs, logits.shape[0], padded)

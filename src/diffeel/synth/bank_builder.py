@@ -118,12 +118,12 @@ def build_object_bank(bank, plans: list[ObjectPlan], draw, extractor, *, shard: 
             raise DiffeelError(f"{bank} holds objects made with another {' and '.join(changed)}; use another --out "
                                "(a bank keeps one model and one set of settings)")
     done = _prepare_shard(bank, shard, plans)
-    todo = [plan for plan in plans if plan.id not in done]
-    counts = {"planned": len(plans), "kept": len(plans) - len(todo), "ok": 0, "rejected": 0}
+    remaining = [plan for plan in plans if plan.id not in done]
+    counts = {"planned": len(plans), "kept": len(plans) - len(remaining), "ok": 0, "rejected": 0}
     with open(bank / records_name(shard), "a", encoding="utf-8") as records, \
             tqdm(total=len(plans), initial=counts["kept"], desc="objects", unit="object", disable=not progress) as bar:
-        for start in range(0, len(todo), batch):
-            chunk = todo[start : start + batch]
+        for start in range(0, len(remaining), batch):
+            chunk = remaining[start : start + batch]
             for plan, image in zip(chunk, draw(chunk)):
                 result = extractor.extract(image)
                 record = {"id": plan.id, "prompt": plan.prompt, "object": plan.object, "category": plan.category,

@@ -38,6 +38,7 @@ from torch import nn
 from ..errors import DiffeelError
 from ..labels import NUM_CLASSES, VOID
 from ..losses import EEL_WEIGHT, _pooled, eel_loss, split_train_labels
+from ..models.mask2anomaly_inference import check_mask_outputs
 from ..scores import mask_logits
 
 __all__ = [
@@ -166,18 +167,6 @@ def uncertain_point_coords(
 # targets
 
 
-def _check_outputs(outputs: Mapping, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    if "pred_logits" not in outputs or "pred_masks" not in outputs:
-        raise ValueError("model outputs need 'pred_logits' (N, Q, C+1) and 'pred_masks' (N, Q, h, w)")
-    logits, masks = outputs["pred_logits"], outputs["pred_masks"]
-    if logits.dim() != 3 or masks.dim() != 4 or logits.shape[:2] != masks.shape[:2]:
-        raise ValueError(f"expected pred_logits (N, Q, C+1) and pred_masks (N, Q, h, w), got "
-                         f"{tuple(logits.shape)} and {tuple(masks.shape)}")
-    if num_classes is not None and logits.shape[-1] != num_classes + 1:
-        raise ValueError(f"pred_logits has {logits.shape[-1]} classes; expected {num_classes} + 1 (no object)")
-    return logits, masks
-
-
 def _padded_size(pred_masks: torch.Tensor, mask_stride: int) -> tuple[int, int]:
     return mask_stride * pred_masks.shape[-2], mask_stride * pred_masks.shape[-1]
 
@@ -261,7 +250,7 @@ class HungarianMatcher:
                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per image, ``(query indices, target indices)`` int64 tensors of ``min(Q, T)`` pairs,
         ordered by query index."""
-        logits, masks = _check_outputs(outputs)
+        logits, masks = check_mask_outputs(outputs)
         if len(targets) != logits.shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {logits.shape[0]}")
         indices = []
@@ -508,7 +497,7 @@ class SetCriterion(nn.Module):
     def set_losses(self, outputs: Mapping, labels: torch.Tensor, targets: list[dict], num_masks: torch.Tensor,
                    generator: torch.Generator | None = None, anomaly: bool = True) -> dict[str, torch.Tensor]:
         """The unweighted terms of one prediction set (matched here)."""
-        logits, masks = _check_outputs(outputs, self.num_classes)
+        logits, masks = check_mask_outputs(outputs, self.num_classes)
         indices = self.matcher(outputs, targets, generator)
         terms = {"ce": self._class_term(logits, targets, indices)}
         terms["mask"], terms["dice"] = self._mask_terms(masks, targets, indices, num_masks, generator)
@@ -518,7 +507,7 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: Mapping, labels: torch.Tensor, generator: torch.Generator | None = None
                 ) -> dict[str, torch.Tensor]:
-        logits, masks = _check_outputs(outputs, self.num_classes)
+        logits, masks = check_mask_outputs(outputs, self.num_classes)
         padded = _padded_size(masks, self.mask_stride)
         _check_labels(labels, logits.shape[0], padded)
         labels = labels.to(masks.device)
