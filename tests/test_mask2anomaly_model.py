@@ -32,7 +32,7 @@ from diffeel.models.mask2anomaly import (
     upsample_masks,
 )
 from diffeel.models.mask2anomaly.pixel_decoder import sine_position_embedding
-from diffeel.models.mask2anomaly.transformer_decoder import GlobalMaskTransformerDecoder
+from diffeel.models.mask2anomaly.transformer_decoder import GlobalMaskTransformerDecoder, multihead_attention
 from diffeel.models.registry import load_strict
 
 DATA = Path(__file__).parent / "data"
@@ -286,13 +286,37 @@ def test_global_mask_attention_masks():
     decoder = GlobalMaskTransformerDecoder(8, 3, hidden_dim=8, num_queries=3, nheads=2, dim_feedforward=16, dec_layers=1, mask_dim=8)
     masks = torch.tensor([[[[2.0, -1.0], [0.0, 3.0]], [[-1.0, -2.0], [-3.0, -4.0]], [[1.0, 1.0], [1.0, 1.0]]]])
     foreground, background = decoder.attention_masks(masks, (2, 2))
-    assert foreground.shape == (2, 3, 4) and torch.equal(foreground[0], foreground[1])  # one copy per head
+    assert foreground.shape == (1, 1, 3, 4)  # one mask for all heads
+    blocked = lambda mask: (mask[0, 0] == float("-inf")).tolist()  # noqa: E731
+    assert set(foreground.unique().tolist()) | set(background.unique().tolist()) == {0.0, float("-inf")}
     # query 0: attends where sigmoid ≥ 0.5 (foreground) / ≤ 0.5 (background): 0.5 itself in both
-    assert foreground[0, 0].tolist() == [False, True, False, False]
-    assert background[0, 0].tolist() == [True, False, False, True]
+    assert blocked(foreground)[0] == [False, True, False, False]
+    assert blocked(background)[0] == [True, False, False, True]
     # query 1 is everywhere background: its foreground attention would block all, so it attends all
-    assert foreground[0, 1].tolist() == [False] * 4 and background[0, 1].tolist() == [False] * 4
-    assert background[0, 2].tolist() == [False] * 4
+    assert blocked(foreground)[1] == [False] * 4 and blocked(background)[1] == [False] * 4
+    assert blocked(background)[2] == [False] * 4
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_multihead_attention_equals_the_torch_module(masked):
+    """The decoder's attention (own projections, one additive mask broadcast over heads) equals
+    ``nn.MultiheadAttention`` called with the per-head boolean mask, as the official code calls it."""
+    torch.manual_seed(0)
+    attention = torch.nn.MultiheadAttention(16, 4).eval()
+    torch.nn.init.normal_(attention.in_proj_bias)
+    query, key, value = torch.randn(5, 2, 16), torch.randn(7, 2, 16), torch.randn(7, 2, 16)
+    blocked = torch.rand(2, 5, 7) < 0.4
+    blocked[0, 3] = True  # a row blocked everywhere is not passed as such: unblocked first
+    blocked &= ~blocked.all(-1, keepdim=True)
+    additive = torch.zeros(2, 1, 5, 7).masked_fill_(blocked[:, None], float("-inf")) if masked else None
+    per_head = blocked.repeat_interleave(4, dim=0) if masked else None
+    with torch.no_grad():
+        expected = attention(query, key, value, attn_mask=per_head, need_weights=False)[0]
+        ours = multihead_attention(attention, query, key, value, additive)
+    assert ours.shape == (5, 2, 16)
+    assert torch.allclose(ours, expected, atol=1e-5)
+    if masked:  # the mask matters: without it the result differs
+        assert not torch.allclose(multihead_attention(attention, query, key, value), expected, atol=1e-3)
 
 
 # --- forward: normalisation, padding, outputs ---------------------------------------------------

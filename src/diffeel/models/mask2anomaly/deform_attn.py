@@ -4,12 +4,16 @@
 value map of that head bilinearly at a location given in ``[0, 1]`` coordinates of the level
 (``0`` = the left / top edge, ``1`` = the right / bottom edge, so pixel ``i`` has its centre at
 ``(i + 0.5) / size``), with zeros outside the map, and sums the samples with the attention
-weights. That is ``F.grid_sample(..., mode="bilinear", padding_mode="zeros",
-align_corners=False)`` at the normalised coordinate ``2·loc - 1`` on each level.
+weights. That is what ``F.grid_sample(..., mode="bilinear", padding_mode="zeros",
+align_corners=False)`` at the normalised coordinate ``2·loc - 1`` computes on each level, which
+is how the official code's pure-PyTorch fallback does it, one level at a time.
 
-Instead of one ``grid_sample`` call per level, the levels are zero-padded to the largest level's
-size and stacked on the batch axis, so one call samples all of them; no loop runs over queries
-or points.
+Here a bilinear read is a weighted sum of four value rows, and the attention-weighted sum over
+levels and points is a weighted sum too: each (query, head) output is one weighted sum of
+``4·levels·points`` rows of the value table, which is exactly ``F.embedding_bag(mode="sum")``
+with per-sample weights. One call serves all levels, heads and points; nothing of size
+``queries × points × channels`` is ever materialised, and no loop runs over levels, queries or
+points.
 
 :class:`MSDeformAttn` is the module around it, with the official parameter names
 (``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``).
@@ -33,7 +37,7 @@ def _level_shapes(spatial_shapes) -> list[tuple[int, int]]:
 
 def ms_deform_attn(value: torch.Tensor, spatial_shapes, level_start_index, sampling_locations: torch.Tensor,
                    attention_weights: torch.Tensor) -> torch.Tensor:
-    """Deformable attention sampling, fused over levels.
+    """Deformable attention sampling, fused over levels, heads and points.
 
     ``value`` ``(N, S, M, D)`` (``S = Σ H_l·W_l``, levels flattened row-major one after the other,
     ``M`` heads of ``D`` channels), ``spatial_shapes`` ``(L, 2)`` as ``(H_l, W_l)`` (tensor or
@@ -53,25 +57,42 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes, level_start_index, sampl
         raise ValueError(f"ms_deform_attn: attention weights of shape {list(attention_weights.shape)} do not match "
                          f"sampling locations of shape {list(sampling_locations.shape)}")
 
-    # All levels in one grid_sample call: each level's (N·M, D, H_l, W_l) map is zero-padded at the
-    # bottom / right to the largest level's size and the levels are stacked on the batch axis.
-    # Location x in [0, 1] of a level W_l wide sits at 2·x·W_l/W - 1 in the padded map's
-    # normalised coordinates; beyond the level's own pixels the padding reads zeros, exactly as
-    # zero padding around the level would (for a pyramid, W_l/W is a power of two, so the scale
-    # is exact and the only rounding is the shift, as in the per-level computation).
-    height, width = max(h for h, _ in shapes), max(w for _, w in shapes)
-    padded = [F.pad(value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(n * heads, channels, h, w), (0, width - w, 0, height - h))
-              for (h, w), start in zip(shapes, starts)]
-    canvas = torch.cat(padded) if levels > 1 else padded[0]  # (L·N·M, D, H, W), level major
-    dtype = value.dtype
-    scale = torch.tensor([(2.0 * w / width, 2.0 * h / height) for h, w in shapes], dtype=torch.float64).to(device=value.device, dtype=dtype)
-    grid = sampling_locations.to(dtype).permute(3, 0, 2, 1, 4, 5) * scale[:, None, None, None, None, :] - 1  # (L, N, M, Q, P, 2)
-    sampled = F.grid_sample(canvas, grid.reshape(levels * n * heads, queries, points, 2),
-                            mode="bilinear", padding_mode="zeros", align_corners=False)  # (L·N·M, D, Q, P)
-    weights = attention_weights.to(dtype).permute(3, 0, 2, 1, 4).reshape(levels * n * heads, 1, queries, points)
-    weighted = sampled * weights if torch.is_grad_enabled() else sampled.mul_(weights)
-    output = weighted.sum(-1).view(levels, n, heads, channels, queries).sum(0)  # (N, M, D, Q)
-    return output.permute(0, 3, 1, 2).reshape(n, queries, heads * channels)
+    # Coordinates and weights in float32 at least: a bfloat16 pixel coordinate is off by up to a pixel.
+    dtype, device = torch.promote_types(value.dtype, torch.float32), value.device
+    index_type = torch.int32 if n * heads * length < 2**31 else torch.int64  # int32 halves the index traffic
+
+    def per_sample(per_level: list, kind=dtype) -> torch.Tensor:
+        """One entry per level, repeated for its points: ``(L·P,)``, the sample axis."""
+        return torch.tensor(per_level, dtype=kind, device=device).repeat_interleave(points)
+
+    widths, heights = per_sample([w for _, w in shapes]), per_sample([h for h, _ in shapes])
+
+    def neighbours(locations: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Along one axis, ``(N, Q, M, 1, L·P)`` locations → the two neighbouring pixel indices and
+        their bilinear weights, ``(N, Q, M, 2, L·P)`` each. A neighbour outside the level weighs 0
+        (zero padding) and its index is clamped into the level (it is read, then ignored)."""
+        pixel = locations * size - 0.5  # centres on integers, as the compiled op computes it
+        low = pixel.floor()
+        high_weight = pixel - low
+        index = torch.cat((low, low + 1), -2)
+        inside = (index >= 0) & (index < size)
+        weight = torch.cat((1 - high_weight, high_weight), -2) * inside
+        return torch.minimum(index.clamp_(min=0), size - 1).to(index_type), weight
+
+    locations = sampling_locations.to(dtype).reshape(n, queries, heads, 1, levels * points, 2)
+    column, column_weight = neighbours(locations[..., 0], widths)
+    row, row_weight = neighbours(locations[..., 1], heights)
+    # The table holds value (b, s, m) at row (b·M + m)·S + s: level l's pixel (y, x) of head m is
+    # row (b·M + m)·S + start_l + y·W_l + x.
+    table = value.permute(0, 2, 1, 3).reshape(n * heads * length, channels)
+    first_rows = ((torch.arange(n, device=device)[:, None] * heads + torch.arange(heads, device=device)) * length).to(index_type)
+    row_starts = row * per_sample([w for _, w in shapes], index_type) + (first_rows[:, None, :, None, None] + per_sample(starts, index_type))
+    row_weight = row_weight * attention_weights.to(dtype).reshape(n, queries, heads, 1, levels * points)
+    # Each (query, head) output: one weighted sum over 2 rows × 2 columns × levels × points.
+    rows = (row_starts[..., :, None, :] + column[..., None, :, :]).view(n * queries * heads, -1)
+    weights = (row_weight[..., :, None, :] * column_weight[..., None, :, :]).to(value.dtype).view(n * queries * heads, -1)
+    output = F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+    return output.view(n, queries, heads * channels)
 
 
 class MSDeformAttn(nn.Module):
@@ -115,8 +136,11 @@ class MSDeformAttn(nn.Module):
         length = input_flatten.shape[1]
         value = self.value_proj(input_flatten).view(n, length, self.n_heads, self.d_model // self.n_heads)
         offsets = self.sampling_offsets(query).view(n, queries, self.n_heads, self.n_levels, self.n_points, 2)
-        weights = self.attention_weights(query).view(n, queries, self.n_heads, self.n_levels * self.n_points)
-        weights = weights.softmax(-1).view(n, queries, self.n_heads, self.n_levels, self.n_points)
+        logits = self.attention_weights(query).view(n, queries, self.n_heads, self.n_levels * self.n_points)
+        # softmax over each head's levels × points, written out: torch's kernel is several times
+        # slower on such a short last axis (12 upstream)
+        exp = (logits - logits.amax(-1, keepdim=True)).exp()
+        weights = (exp / exp.sum(-1, keepdim=True)).view(n, queries, self.n_heads, self.n_levels, self.n_points)
         normalizer = torch.tensor([(w, h) for h, w in _level_shapes(spatial_shapes)], dtype=query.dtype, device=query.device)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         return self.output_proj(ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights))

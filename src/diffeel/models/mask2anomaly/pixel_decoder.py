@@ -12,10 +12,12 @@
 - ``mask_features``: 1×1 convolution (with bias) of that stride-4 map.
 
 Returns the mask features and the three encoded levels (res5, res4, res3) for the transformer
-decoder. It runs in float32 even under autocast, as the official module does.
+decoder. Under float16 autocast it runs in float32, as the official module does.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -61,8 +63,11 @@ class MSDeformAttnEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index):
-        src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)))
-        return self.norm2(src + self.dropout3(self.linear2(self.dropout2(F.relu(self.linear1(src))))))
+        # In-place steps only on fresh tensors whose values no backward pass needs (the outputs of
+        # linear layers): they spare a memory round trip each.
+        attended = self.dropout1(self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index))
+        src = self.norm1(attended.add_(src))
+        return self.norm2(self.dropout3(self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))).add_(src))
 
 
 class MSDeformAttnEncoder(nn.Module):
@@ -138,15 +143,21 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         device_type = features["res2"].device.type
-        with torch.autocast(device_type=device_type, enabled=False):
+        # Under float16 autocast the decoder runs in float32, as upstream (whose compiled op has
+        # no half kernel; float16's range is also short for the encoder's sums). bfloat16 has
+        # float32's range, so a bfloat16 autocast is followed.
+        half = torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+        with torch.autocast(device_type=device_type, enabled=False) if half else contextlib.nullcontext():
             srcs, pos = [], []
             for index, name in enumerate(ENCODER_FEATURES):
-                x = features[name].float()
+                x = features[name].float() if half else features[name]
                 srcs.append(self.input_proj[index](x))
                 pos.append(sine_position_embedding(x, self.conv_dim // 2))
             memory, shapes, starts = self.transformer(srcs, pos)
-            n = memory.shape[0]
-            levels = [memory[:, start:start + h * w].transpose(1, 2).reshape(n, -1, h, w) for (h, w), start in zip(shapes, starts)]
-            lateral = self.adapter_1(features["res2"].float())
-            fine = self.layer_1(lateral + F.interpolate(levels[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False))
+            n, _, channels = memory.shape
+            # each level back to (N, C, h, w): a channels-last view of the tokens, no copy
+            levels = [memory[:, start:start + h * w].unflatten(1, (h, w)).permute(0, 3, 1, 2) for (h, w), start in zip(shapes, starts)]
+            lateral = self.adapter_1(features["res2"].float() if half else features["res2"])
+            upsampled = F.interpolate(levels[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            fine = self.layer_1(upsampled.add_(lateral))
             return self.mask_features(fine), levels

@@ -35,6 +35,28 @@ def _xavier(module: nn.Module) -> None:
             nn.init.xavier_uniform_(parameter)
 
 
+def multihead_attention(attention: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``nn.MultiheadAttention``'s forward (sequence first: ``(L, N, E)`` queries, ``(S, N, E)``
+    keys and values) with its own parameters, but ``mask`` is additive and broadcast over heads:
+    ``(N, 1, L, S)`` (``-inf`` where blocked) instead of a boolean mask repeated for each head,
+    which the module would expand to ``N·heads`` copies and convert to floats on every call."""
+    length, n, embed = query.shape
+    heads = attention.num_heads
+    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
+
+    def split_heads(x: torch.Tensor) -> torch.Tensor:  # (L, N, E) → (N, heads, L, E / heads)
+        return x.view(x.shape[0], n, heads, embed // heads).permute(1, 2, 0, 3)
+
+    q, k, v = split_heads(F.linear(query, w_q, b_q)), split_heads(F.linear(key, w_k, b_k)), split_heads(F.linear(value, w_v, b_v))
+    dropout = attention.dropout if attention.training else 0.0
+    if mask is not None and mask.dtype != q.dtype:  # under autocast
+        mask = mask.to(q.dtype)
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (N, heads, L, E / heads)
+    return attention.out_proj(attended.permute(2, 0, 1, 3).reshape(length, n, embed))
+
+
 class SelfAttentionLayer(nn.Module):
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0):
         super().__init__()
@@ -45,7 +67,7 @@ class SelfAttentionLayer(nn.Module):
 
     def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
         q = k = tgt + query_pos
-        return self.norm(tgt + self.dropout(self.self_attn(q, k, value=tgt, need_weights=False)[0]))
+        return self.norm(self.dropout(multihead_attention(self.self_attn, q, k, tgt)).add_(tgt))
 
 
 class GlobalCrossAttentionLayer(nn.Module):
@@ -60,10 +82,11 @@ class GlobalCrossAttentionLayer(nn.Module):
         _xavier(self)
 
     def forward(self, tgt, memory, foreground_mask, background_mask, pos, query_pos) -> torch.Tensor:
+        """Masks: additive, ``(N, 1, Q, S)`` (:meth:`GlobalMaskTransformerDecoder.attention_masks`)."""
         query, key = tgt + query_pos, memory + pos
-        foreground = self.multihead_attn_foreground(query, key, value=memory, attn_mask=foreground_mask, need_weights=False)[0]
-        background = self.multihead_attn_background(query, key, value=memory, attn_mask=background_mask, need_weights=False)[0]
-        return self.norm(tgt + self.dropout(background + foreground))
+        foreground = multihead_attention(self.multihead_attn_foreground, query, key, memory, foreground_mask)
+        background = multihead_attention(self.multihead_attn_background, query, key, memory, background_mask)
+        return self.norm(self.dropout(background.add_(foreground)).add_(tgt))
 
 
 class FFNLayer(nn.Module):
@@ -76,7 +99,7 @@ class FFNLayer(nn.Module):
         _xavier(self)
 
     def forward(self, tgt: torch.Tensor) -> torch.Tensor:
-        return self.norm(tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(tgt))))))
+        return self.norm(self.dropout(self.linear2(self.dropout(F.relu(self.linear1(tgt), inplace=True)))).add_(tgt))
 
 
 class MLP(nn.Module):
@@ -91,9 +114,12 @@ class MLP(nn.Module):
         return x
 
 
-def _unblock_full_rows(blocked: torch.Tensor) -> torch.Tensor:
-    """Rows (head, query) that block every position attend everywhere instead."""
-    return blocked & ~blocked.all(-1, keepdim=True)
+def _additive_mask(blocked: torch.Tensor) -> torch.Tensor:
+    """Blocked positions ``(N, Q, S)`` → an additive attention mask ``(N, 1, Q, S)`` (``-inf`` where
+    blocked), except that a query blocked everywhere attends everywhere instead."""
+    blocked = blocked & ~blocked.all(-1, keepdim=True)
+    mask = torch.zeros(blocked.shape, dtype=torch.float32, device=blocked.device)
+    return mask.masked_fill_(blocked, float("-inf")).unsqueeze(1)
 
 
 class GlobalMaskTransformerDecoder(nn.Module):
@@ -124,13 +150,21 @@ class GlobalMaskTransformerDecoder(nn.Module):
     def prediction_heads(self, output: torch.Tensor, mask_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries ``(Q, N, C)`` → class logits ``(N, Q, K + 1)`` and mask logits ``(N, Q, H/4, W/4)``."""
         decoded = self.decoder_norm(output).transpose(0, 1)
-        return self.class_embed(decoded), torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
+        n, channels, height, width = mask_features.shape
+        # (N, C, H·W) as a view in either memory layout (channels-last: a transposed operand of the product)
+        if mask_features.is_contiguous():
+            pixels = mask_features.flatten(2)
+        else:
+            pixels = mask_features.permute(0, 2, 3, 1).reshape(n, -1, channels).transpose(1, 2)
+        masks = torch.bmm(self.mask_embed(decoded), pixels).view(n, -1, height, width)
+        return self.class_embed(decoded), masks
 
     def attention_masks(self, masks: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocked positions ``(N·heads, Q, h·w)`` of the foreground and background attentions."""
+        """Additive masks ``(N, 1, Q, h·w)`` of the foreground attention (blocked where the
+        sigmoid of the mask, resized to the level, is < 0.5) and the background attention (> 0.5);
+        one for all heads."""
         probability = F.interpolate(masks, size=size, mode="bilinear", align_corners=False).sigmoid().flatten(2)
-        probability = probability.unsqueeze(1).expand(-1, self.num_heads, -1, -1).flatten(0, 1)
-        return _unblock_full_rows(probability < 0.5), _unblock_full_rows(probability > 0.5)
+        return _additive_mask(probability < 0.5), _additive_mask(probability > 0.5)
 
     def forward(self, features: list[torch.Tensor], mask_features: torch.Tensor) -> dict:
         if len(features) != NUM_FEATURE_LEVELS:
