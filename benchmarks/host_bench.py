@@ -1,6 +1,6 @@
 """CPU forward time and memory of the hosts: the official eager path vs diffeel's scoring path.
 
-Both paths run the same random-weight model (eval mode, seeded) on the same random image, batch 1.
+All paths run the same random-weight model (eval mode, seeded) on the same random image, batch 1.
 ``rpl_wrn38`` (``--model rpl_wrn38``, the default; ImageNet-normalised input):
 
 - eager (the baseline, as the official RPL code runs): NCHW tensors, ``torch.no_grad()``,
@@ -12,22 +12,29 @@ Both paths run the same random-weight model (eval mode, seeded) on the same rand
 ``mask2anomaly_r50`` (``--model mask2anomaly_r50``; RGB 0..255 input; default size 256x512, the
 size of the official code's quoted CPU time):
 
-- eager: NCHW, ``torch.no_grad()``, and multi-scale deformable attention computed level by level
-  (one ``grid_sample`` per level, then the weighted sum), as the official code's pure-PyTorch
-  fallback does;
-- optimised: channels-last, ``torch.inference_mode()``, all levels in one ``grid_sample``.
+- eager: NCHW, ``torch.no_grad()``, the forward as the official code computes it on CPU
+  (``_official_style.py``: its pure-PyTorch deformable-attention fallback, one ``grid_sample`` per
+  level; ``nn.MultiheadAttention`` with per-head boolean masks) — on the same modules and weights;
+- optimised: channels-last, ``torch.inference_mode()``, ``model(x)``: deformable attention as one
+  weighted ``embedding_bag``, one additive mask for all heads, in-place residuals.
 The compared output is ``pred_masks``.
 
+For both, a third path ``bfloat16`` is the optimised one under bfloat16 autocast (``diffeel score
+--precision bfloat16``). Its output is not expected to equal float32's: the largest difference
+and the share of unchanged decisions (RPL: the arg-max class of out2; Mask2Anomaly: the side of
+0.5 of each mask pixel's sigmoid) are printed.
+
 Each (path, size) runs in its own fresh process, which builds the model and then waits for
-orders: after one warm-up forward each, the repetitions are interleaved (eager, optimised, eager,
-…) so machine noise hits both alike, and the median is reported. Peak RSS is the process's
-high-water mark over its forwards (reset after building the model; ``VmHWM``, the value
+orders: after one warm-up forward each, the repetitions are interleaved (eager, optimised,
+bfloat16, eager, …) so machine noise hits all alike, and the median is reported. Peak RSS is the
+process's high-water mark over its forwards (reset after building the model; ``VmHWM``, the value
 ``getrusage(RUSAGE_SELF).ru_maxrss`` reports); "forward extra" is that peak minus the resident
-memory after building the model. Once per size, the optimised out2 must equal the eager out2
+memory after building the model. Once per size, the optimised output must equal the eager output
 to a tolerance (max |difference| printed): a speed-up that changes numbers is no speed-up.
 
     make bench                                                # half and full size, with the other benchmarks
     .venv/bin/python benchmarks/host_bench.py --sizes 512x1024  # half size only (a few minutes on 2 cores)
+    .venv/bin/python benchmarks/host_bench.py --model mask2anomaly_r50 --repeats 5
 """
 
 from __future__ import annotations
@@ -42,44 +49,38 @@ import time
 import numpy as np
 import torch
 from _memory import peak_resident_bytes, resident_bytes
+from _official_style import official_style_forward
 
 from diffeel.models import create_model, normalise, scoring_logits
 
-PATHS = ("eager", "optimised")
+PATHS = ("eager", "optimised", "bfloat16")
 DEFAULT_SIZES = {"rpl_wrn38": "512x1024,1024x2048", "mask2anomaly_r50": "256x512"}
+TOLERANCE = 1e-4  # max |optimised - eager| over the output, relative to max |eager output|
 
 
-def per_level_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """Deformable attention one level at a time (the official pure-PyTorch fallback's algorithm)."""
-    import torch.nn.functional as F
-
-    n, _, heads, channels = value.shape
-    _, queries, _, levels, points, _ = sampling_locations.shape
-    sampled = []
-    for level, (h, w) in enumerate(spatial_shapes.tolist() if isinstance(spatial_shapes, torch.Tensor) else spatial_shapes):
-        start = int(level_start_index[level])
-        level_value = value[:, start : start + h * w].flatten(2).transpose(1, 2).reshape(n * heads, channels, h, w)
-        grid = sampling_locations[:, :, :, level].transpose(1, 2).flatten(0, 1) * 2 - 1  # (N·M, Q, P, 2)
-        sampled.append(F.grid_sample(level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
-    weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, queries, levels * points)
-    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(n, heads * channels, queries)
-    return output.transpose(1, 2).contiguous()
-TOLERANCE = 1e-4  # max |optimised - eager| over out2, relative to max |eager out2|
+def is_mask_model(model) -> bool:
+    return getattr(model, "input_normalization", None) == "0-255"
 
 
 def eager_forward(model, x):
     with torch.no_grad():
-        output = model(x)
-        return output["pred_masks"] if isinstance(output, dict) else output.rpl_logits  # RPL: out1 and out2 computed
+        if is_mask_model(model):
+            return official_style_forward(model, x)["pred_masks"]
+        return model(x).rpl_logits  # RPL: out1 and out2 computed
 
 
-def optimised_forward(model, x):
+def optimised_forward(model, x, precision="float32"):
     with torch.inference_mode():
-        output = model(x) if getattr(model, "input_normalization", None) == "0-255" else None
-        return output["pred_masks"] if output is not None else scoring_logits(model, x)
+        if is_mask_model(model):
+            from diffeel.models.registry import forward_precision
+
+            with forward_precision(x.device, precision):
+                return model(x)["pred_masks"].float()
+        return scoring_logits(model, x, precision)
 
 
-FORWARDS = {"eager": eager_forward, "optimised": optimised_forward}
+FORWARDS = {"eager": eager_forward, "optimised": optimised_forward,
+            "bfloat16": lambda model, x: optimised_forward(model, x, "bfloat16")}
 
 
 def worker(conn, path: str, height: int, width: int, seed: int, threads: int | None, name: str = "rpl_wrn38") -> None:
@@ -88,13 +89,9 @@ def worker(conn, path: str, height: int, width: int, seed: int, threads: int | N
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = create_model(name)
-    if name == "mask2anomaly_r50" and path == "eager":
-        from diffeel.models.mask2anomaly import deform_attn
-
-        deform_attn.ms_deform_attn = per_level_ms_deform_attn
     rgb = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(seed + 1)) * 255
     x = normalise(rgb, model.input_normalization)
-    if path == "optimised":
+    if path != "eager":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     del rgb
@@ -156,22 +153,33 @@ def main(argv=None) -> int:
     for height, width in sizes:
         repeats = args.repeats or (2 if height * width <= 512 * 1024 else 1)
         result = measure(height, width, repeats, args)
-        eager, optimised = result["eager"], result["optimised"]
+        eager, optimised, reduced = result["eager"], result["optimised"], result["bfloat16"]
         size = f"{height}x{width}"
         for path in PATHS:
             r = result[path]
             times = ", ".join(f"{t:.2f}" for t in r["times"])
             rows.append(f"{size:<10} {path:<16} {r['seconds']:>9.2f} {r['peak'] / mb:>12.0f} {r['extra'] / mb:>17.0f}   ({times})")
-        rows.append(f"{size:<10} {'eager/optimised':<16} {eager['seconds'] / optimised['seconds']:>8.2f}x "
-                    f"{eager['peak'] / optimised['peak']:>11.2f}x {eager['extra'] / optimised['extra']:>16.2f}x")
+        for path in PATHS[1:]:
+            r = result[path]
+            rows.append(f"{size:<10} {'eager/' + path:<16} {eager['seconds'] / r['seconds']:>8.2f}x "
+                        f"{eager['peak'] / r['peak']:>11.2f}x {eager['extra'] / r['extra']:>16.2f}x")
+        output = "out2" if args.model == "rpl_wrn38" else "pred_masks"
         difference = float(np.abs(optimised["out2"] - eager["out2"]).max())
         scale = float(np.abs(eager["out2"]).max())
         equal = difference <= TOLERANCE * scale
         ok &= equal
-        output = "out2" if args.model == "rpl_wrn38" else "pred_masks"
         rows.append(f"{size:<10} {output} max |optimised - eager| = {difference:.2e} (max |{output}| {scale:.2e}): "
                     f"{'equal' if equal else 'MISMATCH'} to {TOLERANCE:g} relative; threads {sorted(result['threads'])}")
-        print(f"{size} done: eager {eager['seconds']:.2f} s, optimised {optimised['seconds']:.2f} s", file=sys.stderr, flush=True)
+        if args.model == "rpl_wrn38":  # the class each pixel is given
+            same = float((reduced["out2"].argmax(1) == eager["out2"].argmax(1)).mean())
+            decision = "arg-max class"
+        else:  # the side of 0.5 of each mask pixel's sigmoid
+            same = float(((reduced["out2"] >= 0) == (eager["out2"] >= 0)).mean())
+            decision = "mask side"
+        rows.append(f"{size:<10} {output} max |bfloat16 - eager| = {float(np.abs(reduced['out2'] - eager['out2']).max()):.2e}; "
+                    f"{decision} unchanged at {100 * same:.2f} % of pixels")
+        print(f"{size} done: eager {eager['seconds']:.2f} s, optimised {optimised['seconds']:.2f} s, bfloat16 {reduced['seconds']:.2f} s",
+              file=sys.stderr, flush=True)
 
     print(f"\ntorch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, batch 1, "
           f"{args.model} random weights (seed {args.seed}); median over the timed repetitions (listed), after one warm-up each")

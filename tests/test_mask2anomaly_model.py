@@ -11,6 +11,7 @@ and weight initialisers stubbed) at the Cityscapes anomaly configuration, plus S
 """
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -349,6 +350,30 @@ def test_outputs_and_padding_for_odd_input_sizes(tiny):
     expected = F.interpolate(out["pred_masks"], size=(96, 96), mode="bilinear", align_corners=False)[..., :70, :90]
     assert torch.equal(full, expected)
     assert torch.equal(upsample_masks(out["pred_masks"][0], (70, 90)), expected[0])  # (Q, h, w) and size inferred
+
+
+def test_forward_equals_the_upstream_sequence_of_operations(tiny):
+    """Every fused, in-place or re-laid-out step of the forward (deformable attention as one
+    embedding_bag, one additive mask for all heads, channels-last) computes what the official
+    code's operations compute (``benchmarks/_official_style.py``, which equals the official
+    modules bit for bit), in float64 so that rounding does not hide a difference."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    from _official_style import official_style_forward
+
+    model = Mask2Anomaly(**TINY)
+    model.load_state_dict(tiny.state_dict())
+    model = model.double().eval()
+    x = images(2, 70, 90).double()
+    with torch.no_grad():
+        expected = official_style_forward(model, x)
+        ours = model(x)
+        last = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    pairs = [(ours, expected), (last, expected)]
+    for got, want in pairs:
+        for a, b in zip([got] + got["aux_outputs"], [want] + want["aux_outputs"]):
+            assert (a["pred_logits"] - b["pred_logits"]).abs().max() < 1e-10
+            assert (a["pred_masks"] - b["pred_masks"]).abs().max() < 1e-10
+    assert ours["pred_masks"].std() > 0.1  # not a degenerate network
 
 
 def test_uint8_images_and_bad_input(tiny):

@@ -143,3 +143,28 @@ def test_mask_model_scores_eq3_and_the_official_script(setup, tmp_path):
         np.testing.assert_allclose(np.load(tmp_path / "official" / "anomaly_inference" / f"{image_path.stem}.npy"), official, atol=2e-5)  # channels-last rounding
     code, _, err = run(*common, "--inference", "anomaly_inference", "--smooth", "rpl", "--out", tmp_path / "bad")
     assert code == 2 and "takes no --smooth or --size" in err
+
+
+def test_bfloat16_precision_is_recorded_close_and_float16_needs_cuda(setup, tmp_path):
+    """--precision bfloat16 runs the forward under autocast: maps close to float32's but not the
+    same bits (the switch is real), recorded in score_config.json, so that a float32 rerun into
+    the folder is refused; float16 on the CPU is one sentence, before anything is written."""
+    torch.manual_seed(0)
+    model = create_model("mask2anomaly_r50", **TINY_MASK)
+    torch.save({"model": model.state_dict()}, tmp_path / "m2a.pth")
+    options = [a for key, value in TINY_MASK.items() for a in ("--model-option", f"{key}={value}")]
+    common = ["score", "--model", "mask2anomaly_r50", *options, "--checkpoint", tmp_path / "m2a.pth", "--benchmark", "comsamy",
+              "--root", setup / "bench", "--dtype", "float32", "--scores", "msp,energy", "--quiet"]
+    assert run(*common, "--out", tmp_path / "f32")[0] == 0
+    code, _, err = run(*common, "--precision", "bfloat16", "--out", tmp_path / "bf16")
+    assert code == 0, err
+    assert json.loads((tmp_path / "bf16" / "score_config.json").read_text())["precision"] == "bfloat16"
+    full, reduced = maps(tmp_path / "f32"), maps(tmp_path / "bf16")
+    assert full.keys() == reduced.keys() and full != reduced
+    for name in full:
+        np.testing.assert_allclose(np.load(tmp_path / "bf16" / name), np.load(tmp_path / "f32" / name), atol=0.05)
+    code, _, err = run(*common, "--out", tmp_path / "bf16")
+    assert code == 2 and "other settings (precision)" in err
+    code, _, err = run(*common, "--precision", "float16", "--out", tmp_path / "half")
+    assert code == 2 and "float16 precision needs a CUDA device" in err
+    assert not (tmp_path / "half").exists()

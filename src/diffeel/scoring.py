@@ -28,6 +28,7 @@ from .distributed import Distributed
 from .errors import DiffeelError
 from .metrics import PixelMetrics
 from .models import input_normalization, is_mask_model, normalise, scoring_logits
+from .models.registry import PRECISIONS, forward_precision
 from .models.mask2anomaly_inference import OFFICIAL_SCRIPT
 from .scores import SCORES, compute_score, gaussian_smooth
 
@@ -43,8 +44,11 @@ class ScoreSettings:
     batch: int = 1
     dtype: str = "float16"
     inference: str = "default"  # mask models: "anomaly_inference" = Mask2Anomaly's official script's score
+    precision: str = "float32"  # the forward's: float32, bfloat16 (autocast) or float16 (autocast, CUDA)
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise DiffeelError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.inference not in ("default", OFFICIAL_SCRIPT):
             raise DiffeelError(f"inference must be default or {OFFICIAL_SCRIPT}, got {self.inference!r}")
         if self.inference == OFFICIAL_SCRIPT:
@@ -111,9 +115,11 @@ def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings:
 
     if settings.inference == OFFICIAL_SCRIPT and not is_mask_model(model):
         raise DiffeelError(f"--inference {OFFICIAL_SCRIPT} is Mask2Anomaly's scoring; the model is not a mask model")
+    forward_precision(device, settings.precision)  # float16 on a CPU fails here, before anything is written
     out_dir = Path(out_dir)
     config = {**provenance, "scores": list(settings.scores), "inference": settings.inference, "alpha": settings.alpha, "smooth": settings.smooth,
-              "size": list(settings.size) if settings.size else None, "dtype": settings.dtype, "frames": len(frames)}
+              "size": list(settings.size) if settings.size else None, "dtype": settings.dtype, "precision": settings.precision,
+              "frames": len(frames)}
     if not overwrite:
         _check_config(out_dir, config)
     if context.is_main:
@@ -144,13 +150,13 @@ def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: s
     normalised), the other scores come from the mask-wise logits; ``settings.inference =
     "anomaly_inference"`` runs Mask2Anomaly's official scoring instead (its own resizing and flip)."""
     if settings.inference == OFFICIAL_SCRIPT:
-        return {OFFICIAL_SCRIPT: _official_maps(model, frames)}
+        return {OFFICIAL_SCRIPT: _official_maps(model, frames, settings.precision)}
     images = torch.from_numpy(np.stack([frame.load_image() for frame in frames])).to(device).permute(0, 3, 1, 2).float()
     if settings.size is not None:
         images = F.interpolate(images, size=settings.size, mode="bilinear", align_corners=False)
     label_width, label_height = image_size(frames[0].label_path)
     with torch.inference_mode():
-        logits = scoring_logits(model, normalise(images, how).contiguous(memory_format=torch.channels_last)).float()
+        logits = scoring_logits(model, normalise(images, how).contiguous(memory_format=torch.channels_last), settings.precision)
         if logits.shape[-2:] != (label_height, label_width):
             logits = F.interpolate(logits, size=(label_height, label_width), mode="bilinear", align_corners=False)
         logits = logits.contiguous()  # scores reduce over classes: the same layout as saved logits gives the same bits
@@ -169,7 +175,7 @@ def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: s
     return maps
 
 
-def _official_maps(model, frames: list[Frame]) -> np.ndarray:
+def _official_maps(model, frames: list[Frame], precision: str) -> np.ndarray:
     """Mask2Anomaly's official score of each frame (BGR in, as its script reads images), at label size."""
     import cv2
 
@@ -177,7 +183,8 @@ def _official_maps(model, frames: list[Frame]) -> np.ndarray:
 
     maps = []
     for frame in frames:
-        score = np.asarray(official_anomaly_score(model, np.ascontiguousarray(frame.load_image()[..., ::-1])), dtype=np.float32)
+        image_bgr = np.ascontiguousarray(frame.load_image()[..., ::-1])
+        score = np.asarray(official_anomaly_score(model, image_bgr, precision=precision), dtype=np.float32)
         label_width, label_height = image_size(frame.label_path)
         if score.shape != (label_height, label_width):
             score = cv2.resize(score, (label_width, label_height), interpolation=cv2.INTER_LINEAR)

@@ -234,31 +234,35 @@ def _model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def _forward_resized(model: Callable, image_bgr: np.ndarray, short_side: int, max_side: int) -> Mapping:
+def _forward_resized(model: Callable, image_bgr: np.ndarray, short_side: int, max_side: int, precision: str) -> Mapping:
+    from .registry import forward_precision  # here, not at import: the registry imports this module's package
+
     rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
     height, width = official_resize_shape(rgb.shape[0], rgb.shape[1], short_side, max_side)
     resized = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
     tensor = torch.from_numpy(resized.astype(np.float32).transpose(2, 0, 1).copy())[None]
-    with torch.no_grad():
-        return model(tensor.to(_model_device(model)))
+    device = _model_device(model)
+    with torch.no_grad(), forward_precision(device, precision):
+        return model(tensor.to(device))
 
 
 def official_anomaly_score(model: Callable, image_bgr: np.ndarray, *, short_side: int = 1024, max_side: int = 2048,
-                           mask_stride: int = 4) -> np.ndarray:
+                           mask_stride: int = 4, precision: str = "float32") -> np.ndarray:
     """Mask2Anomaly's ``anomaly_utils/anomaly_inference.py`` score of one image → ``(H, W)`` float32.
 
     ``image_bgr``: ``(H, W, 3)`` uint8, BGR as OpenCV / detectron2 read it. For the image and for
     its left-right flip: BGR → RGB, PIL bilinear resize (short side ``short_side``, long side at
     most ``max_side``), ``model(x)`` with ``x`` ``(1, 3, h, w)`` float32 RGB in 0–255 on the model's
     device (the model normalises and pads, and returns ``pred_logits``, ``pred_masks`` and
-    ``image_size``); then :func:`official_score_from_outputs` at ``(H, W)``. Call ``model.eval()``
-    first; gradients are off here.
+    ``image_size``); then :func:`official_score_from_outputs` at ``(H, W)``, in float32. Call
+    ``model.eval()`` first; gradients are off here. ``precision``: the forward's
+    (:func:`~diffeel.models.registry.forward_precision`); the official script runs float32.
     """
     image = np.asarray(image_bgr)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) BGR image, got shape {image.shape}")
     if image.dtype != np.uint8:
         raise TypeError(f"expected a uint8 image (PIL resizes it), got {image.dtype}")
-    outputs = _forward_resized(model, image, short_side, max_side)
-    flipped_outputs = _forward_resized(model, np.fliplr(image), short_side, max_side)
+    outputs = _forward_resized(model, image, short_side, max_side, precision)
+    flipped_outputs = _forward_resized(model, np.fliplr(image), short_side, max_side, precision)
     return official_score_from_outputs(outputs, flipped_outputs, image.shape[:2], mask_stride)

@@ -80,7 +80,7 @@ class BasicStem(nn.Module):
         self.conv1 = _frozen_conv(in_channels, out_channels, 7, stride=2, padding=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(F.relu(self.conv1(x)), kernel_size=3, stride=2, padding=1)
+        return F.max_pool2d(F.relu(self.conv1(x), inplace=True), kernel_size=3, stride=2, padding=1)
 
 
 class BottleneckBlock(nn.Module):
@@ -95,8 +95,9 @@ class BottleneckBlock(nn.Module):
         self.conv3 = _frozen_conv(bottleneck_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv3(F.relu(self.conv2(F.relu(self.conv1(x)))))
-        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+        # in place on the fresh outputs of the norms, which no backward pass reads
+        out = self.conv3(F.relu(self.conv2(F.relu(self.conv1(x), inplace=True)), inplace=True))
+        return F.relu(out.add_(x if self.shortcut is None else self.shortcut(x)), inplace=True)
 
 
 class ResNet(nn.Module):

@@ -8,8 +8,8 @@ The module tree and key names are those of the official detectron2 ``MaskFormer`
 - ``sem_seg_head.pixel_decoder.*``: ``MSDeformAttnPixelDecoder`` (:mod:`.pixel_decoder`);
 - ``sem_seg_head.predictor.*``: ``MultiScaleMaskedTransformerDecoder_GMA`` (:mod:`.transformer_decoder`).
 
-No compiled operator: the deformable attention samples with ``F.grid_sample``
-(:func:`~.deform_attn.ms_deform_attn`).
+No compiled operator: the deformable attention is one weighted ``F.embedding_bag`` over every
+level, head, point and bilinear neighbour (:func:`~.deform_attn.ms_deform_attn`).
 
 Input: ``(N, 3, H, W)`` RGB in 0..255 (``input_normalization = "0-255"``), normalised inside with
 detectron2's ImageNet mean / std, then padded with zeros at the bottom and right to a multiple of
