@@ -154,7 +154,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
                 srcs.append(self.input_proj[index](x))
                 pos.append(sine_position_embedding(x, self.conv_dim // 2))
             memory, shapes, starts = self.transformer(srcs, pos)
-            n, _, channels = memory.shape
             # each level back to (N, C, h, w): a channels-last view of the tokens, no copy
             levels = [memory[:, start:start + h * w].unflatten(1, (h, w)).permute(0, 3, 1, 2) for (h, w), start in zip(shapes, starts)]
             lateral = self.adapter_1(features["res2"].float() if half else features["res2"])
