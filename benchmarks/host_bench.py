@@ -51,15 +51,12 @@ import torch
 from _memory import peak_resident_bytes, resident_bytes
 from _official_style import official_style_forward
 
-from diffeel.models import create_model, normalise, scoring_logits
+from diffeel.models import create_model, is_mask_model, normalise, scoring_logits
+from diffeel.models.registry import forward_precision
 
 PATHS = ("eager", "optimised", "bfloat16")
 DEFAULT_SIZES = {"rpl_wrn38": "512x1024,1024x2048", "mask2anomaly_r50": "256x512"}
 TOLERANCE = 1e-4  # max |optimised - eager| over the output, relative to max |eager output|
-
-
-def is_mask_model(model) -> bool:
-    return getattr(model, "input_normalization", None) == "0-255"
 
 
 def eager_forward(model, x):
@@ -72,8 +69,6 @@ def eager_forward(model, x):
 def optimised_forward(model, x, precision="float32"):
     with torch.inference_mode():
         if is_mask_model(model):
-            from diffeel.models.registry import forward_precision
-
             with forward_precision(x.device, precision):
                 return model(x)["pred_masks"].float()
         return scoring_logits(model, x, precision)

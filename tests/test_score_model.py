@@ -120,15 +120,20 @@ TINY_MASK = {"hidden_dim": 32, "num_queries": 10, "dec_layers": 3, "width_diviso
              "enc_layers": 1, "enc_dim_feedforward": 32, "nheads": 4}
 
 
-def test_mask_model_scores_eq3_and_the_official_script(setup, tmp_path):
-    from diffeel.models.mask2anomaly_inference import eq3_score, official_anomaly_score
-
+def mask_model_command(setup: Path, tmp_path: Path) -> list:
+    """``diffeel score`` arguments for a tiny random Mask2Anomaly saved to ``tmp_path / "m2a.pth"``."""
     torch.manual_seed(0)
     model = create_model("mask2anomaly_r50", **TINY_MASK)
     torch.save({"model": model.state_dict()}, tmp_path / "m2a.pth")
     options = [a for key, value in TINY_MASK.items() for a in ("--model-option", f"{key}={value}")]
-    common = ["score", "--model", "mask2anomaly_r50", *options, "--checkpoint", tmp_path / "m2a.pth", "--benchmark", "comsamy",
-              "--root", setup / "bench", "--dtype", "float32", "--quiet"]
+    return ["score", "--model", "mask2anomaly_r50", *options, "--checkpoint", tmp_path / "m2a.pth", "--benchmark", "comsamy",
+            "--root", setup / "bench", "--dtype", "float32", "--quiet"]
+
+
+def test_mask_model_scores_eq3_and_the_official_script(setup, tmp_path):
+    from diffeel.models.mask2anomaly_inference import eq3_score, official_anomaly_score
+
+    common = mask_model_command(setup, tmp_path)
     assert run(*common, "--scores", "msp,eel", "--out", tmp_path / "eq3")[0] == 0
     code, _, err = run(*common, "--inference", "anomaly_inference", "--out", tmp_path / "official")
     assert code == 0, err
@@ -149,12 +154,7 @@ def test_bfloat16_precision_is_recorded_close_and_float16_needs_cuda(setup, tmp_
     """--precision bfloat16 runs the forward under autocast: maps close to float32's but not the
     same bits (the switch is real), recorded in score_config.json, so that a float32 rerun into
     the folder is refused; float16 on the CPU is one sentence, before anything is written."""
-    torch.manual_seed(0)
-    model = create_model("mask2anomaly_r50", **TINY_MASK)
-    torch.save({"model": model.state_dict()}, tmp_path / "m2a.pth")
-    options = [a for key, value in TINY_MASK.items() for a in ("--model-option", f"{key}={value}")]
-    common = ["score", "--model", "mask2anomaly_r50", *options, "--checkpoint", tmp_path / "m2a.pth", "--benchmark", "comsamy",
-              "--root", setup / "bench", "--dtype", "float32", "--scores", "msp,energy", "--quiet"]
+    common = [*mask_model_command(setup, tmp_path), "--scores", "msp,energy"]
     assert run(*common, "--out", tmp_path / "f32")[0] == 0
     code, _, err = run(*common, "--precision", "bfloat16", "--out", tmp_path / "bf16")
     assert code == 0, err
