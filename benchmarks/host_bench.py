@@ -52,7 +52,7 @@ from _memory import peak_resident_bytes, resident_bytes
 from _official_style import official_style_forward
 
 from diffeel.models import create_model, is_mask_model, normalise, scoring_logits
-from diffeel.models.registry import forward_precision
+from diffeel.models.loading import forward_precision
 
 PATHS = ("eager", "optimised", "bfloat16")
 DEFAULT_SIZES = {"rpl_wrn38": "512x1024,1024x2048", "mask2anomaly_r50": "256x512"}

@@ -13,7 +13,7 @@ from diffeel.geometry import Camera
 from diffeel.labels import ANOMALY_TRAIN_ID, TRAIN_ID
 from diffeel.models.checkpoints import load_state, save_state
 from diffeel.models.dovenet import DoveNetGenerator, compose, dovenet_state, load_dovenet
-from diffeel.models.registry import load_strict
+from diffeel.models.loading import load_strict
 from diffeel.synth import BankObject, CopyPasteSynthesizer, IlluminationBlender, ObjectBank, Placement
 from diffeel.synth.harmonize import (
     ChainBlender,

@@ -34,7 +34,7 @@ from diffeel.models.mask2anomaly import (
 )
 from diffeel.models.mask2anomaly.pixel_decoder import sine_position_embedding
 from diffeel.models.mask2anomaly.transformer_decoder import GlobalMaskTransformerDecoder, multihead_attention
-from diffeel.models.registry import load_strict
+from diffeel.models.loading import load_strict
 
 DATA = Path(__file__).parent / "data"
 TINY = dict(hidden_dim=16, num_queries=5, nheads=2, dec_layers=4, dim_feedforward=32, enc_layers=1,

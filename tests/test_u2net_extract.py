@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from diffeel.errors import DiffeelError
-from diffeel.models.registry import load_strict
+from diffeel.models.loading import load_strict
 from diffeel.models.u2net import U2NET, U2NETP
 from diffeel.synth.extract import (
     ExtractionResult,

@@ -28,7 +28,7 @@ from .distributed import Distributed
 from .errors import DiffeelError
 from .metrics import PixelMetrics
 from .models import input_normalization, is_mask_model, normalise, scoring_logits
-from .models.registry import PRECISIONS, forward_precision
+from .models.loading import PRECISIONS, forward_precision
 from .models.mask2anomaly_inference import OFFICIAL_SCRIPT
 from .scores import SCORES, compute_score, gaussian_smooth
 

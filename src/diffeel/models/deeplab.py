@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..labels import NUM_CLASSES
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .loading import IMAGENET_MEAN, IMAGENET_STD
+from .registry import register_model
+from .rpl import RPLModel
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -82,3 +82,13 @@ class SmallDeepLab(DeepLabV3PlusDecoder, nn.Module):
         deep, skip = self.encode(images)
         logits = self.final(self.decoder_input(deep, skip))
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+
+
+@register_model("small_deeplab", "the demo's small DeepLabV3+ for CPUs (diffeel train --recipe demo-closed)")
+def small_deeplab(**options) -> SmallDeepLab:
+    return SmallDeepLab(**options)
+
+
+@register_model("small_rpl", "the RPL module around the small DeepLab (diffeel train --recipe demo-rpl / demo-rpl+eel)")
+def small_rpl(**options) -> RPLModel:
+    return RPLModel(SmallDeepLab(**options))

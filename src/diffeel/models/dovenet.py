@@ -41,6 +41,9 @@ import torch
 from torch import nn
 
 from ..errors import DiffeelError
+from .factory import create_model
+from .loading import without_common_prefix
+from .registry import register_model
 
 NUM_DOWNS = 8
 INPUT_SIZE = 256  # the released generator was trained on 256×256 inputs
@@ -143,16 +146,18 @@ def compose(output: torch.Tensor, comp: torch.Tensor, mask: torch.Tensor) -> tor
 def dovenet_state(state: dict, model: nn.Module | None = None) -> dict:
     """The state dict with a ``module.`` prefix (``DataParallel``) removed when every key has one.
     The released file has none, so it passes unchanged."""
-    if state and all(key.startswith("module.") for key in state):
-        return {key[len("module."):]: value for key, value in state.items()}
-    return dict(state)
+    return without_common_prefix(state, "module.")
+
+
+@register_model("dovenet", "DoveNet's harmonization generator (CVPR 2020): loads the released latest_net_G.pth; "
+                "model(comp, mask) at 256x256", convert=dovenet_state)
+def dovenet(**options) -> DoveNetGenerator:
+    return DoveNetGenerator(**options)
 
 
 def load_dovenet(checkpoint, *, ngf: int = 64, device="cpu", allow_pickle: bool = False) -> DoveNetGenerator:
     """A :class:`DoveNetGenerator` with ``checkpoint`` (e.g. the released ``latest_net_G.pth``)
     loaded strictly (``create_model("dovenet", checkpoint)``), on ``device``, in eval mode."""
-    from .registry import create_model  # here, not at the top: the registry imports this module
-
     return create_model("dovenet", checkpoint=checkpoint, allow_pickle=allow_pickle, ngf=ngf).to(device).eval()
 
 

@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..labels import NUM_CLASSES
 from ..scores import all_scores, mask_logits
+from .loading import forward_precision
 
 __all__ = [
     "OFFICIAL_SCRIPT",
@@ -235,8 +236,6 @@ def _model_device(model) -> torch.device:
 
 
 def _forward_resized(model: Callable, image_bgr: np.ndarray, short_side: int, max_side: int, precision: str) -> Mapping:
-    from .registry import forward_precision  # here, not at import: the registry imports this module's package
-
     rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
     height, width = official_resize_shape(rgb.shape[0], rgb.shape[1], short_side, max_side)
     resized = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
@@ -256,7 +255,7 @@ def official_anomaly_score(model: Callable, image_bgr: np.ndarray, *, short_side
     device (the model normalises and pads, and returns ``pred_logits``, ``pred_masks`` and
     ``image_size``); then :func:`official_score_from_outputs` at ``(H, W)``, in float32. Call
     ``model.eval()`` first; gradients are off here. ``precision``: the forward's
-    (:func:`~diffeel.models.registry.forward_precision`); the official script runs float32.
+    (:func:`~diffeel.models.loading.forward_precision`); the official script runs float32.
     """
     image = np.asarray(image_bgr)
     if image.ndim != 3 or image.shape[2] != 3:

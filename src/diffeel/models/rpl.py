@@ -57,7 +57,17 @@ def rpl_forward(host: nn.Module, residual_block: ResidualBlock, images: torch.Te
     return RPLOutput(upsample(out1), upsample(out2))
 
 
-class RPLModel(nn.Module):
+class RPLScoring:
+    """What RPL's models score with: ``out2``, or ``out1`` while the residual module is untrained
+    (a closed-set checkpoint), computed alone."""
+
+    def scoring_logits(self, images: torch.Tensor) -> torch.Tensor:
+        wanted = "rpl" if getattr(self, "residual_trained", True) else "host"
+        output = self(images, outputs=(wanted,))
+        return output.rpl_logits if wanted == "rpl" else output.host_logits
+
+
+class RPLModel(RPLScoring, nn.Module):
     """``forward(images) -> RPLOutput(out1, out2)``: the frozen host's logits and the residual-corrected ones."""
 
     def __init__(self, host: nn.Module):

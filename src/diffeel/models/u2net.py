@@ -3,7 +3,7 @@
 The module tree and every parameter name follow ``model/u2net.py`` of the official repository
 (xuebinqin/U-2-Net, Apache-2.0), so the released ``u2net.pth`` (176 MB) and ``u2netp.pth``
 (4.7 MB) - plain state dicts saved with ``torch.save(net.state_dict())`` - load with strict key
-matching (:func:`diffeel.models.registry.load_strict`). Facts taken from that file:
+matching (:func:`diffeel.models.loading.load_strict`). Facts taken from that file:
 
 - ``REBNCONV``: ``conv_s1`` (3×3, bias, padding = dilation = ``dirate``) → ``bn_s1`` → ``relu_s1``.
 - ``RSU7`` / ``RSU6`` / ``RSU5`` / ``RSU4`` (height L): ``rebnconvin`` (in → out), ``rebnconv1`` (out →
@@ -35,6 +35,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .registry import register_model
 
 # (mid, out) channels of the encoder stages stage1..stage6 and the decoder stages stage5d..stage1d;
 # a decoder stage takes the concatenation of the stage below (upsampled) and the encoder's skip.
@@ -206,3 +208,14 @@ class U2NETP(_U2NetBase):
 
     encoder = U2NETP_ENCODER
     decoder = U2NETP_DECODER
+
+
+@register_model("u2net", "U^2-Net salient object detector (Qin et al., 2020): loads the released u2net.pth; "
+                "model(x) gives 7 sigmoid maps, fused first")
+def u2net(**options) -> U2NET:
+    return U2NET(**options)
+
+
+@register_model("u2netp", "U^2-NetP, the small U^2-Net: loads the released u2netp.pth")
+def u2netp(**options) -> U2NETP:
+    return U2NETP(**options)

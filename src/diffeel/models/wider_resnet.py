@@ -2,7 +2,7 @@
 
 The module tree and every parameter name are those of RPL's ``DeepWV3Plus`` (itself NVIDIA's
 semantic-segmentation Cityscapes model plus ``residual_block``), so the released checkpoints load
-with strict key matching (see :mod:`diffeel.models.registry` for the two layouts):
+with strict key matching (:func:`rpl_wrn38_state` maps the checkpoint layouts):
 
 - trunk: ``mod1`` (3×3 conv) → ``pool2`` → ``mod2`` (3 blocks, 128) → ``pool3`` → ``mod3`` (3, 256)
   → ``mod4`` (6, 512, first block stride 2) → ``mod5`` (3, 1024, dilation 2) → ``mod6`` (bottleneck
@@ -26,7 +26,9 @@ from torch import nn
 
 from ..labels import NUM_CLASSES
 from .deeplab import ASPP, DeepLabV3PlusDecoder
-from .rpl import ResidualBlock, RPLOutput, rpl_forward
+from .loading import without_common_prefix
+from .registry import register_model
+from .rpl import ResidualBlock, RPLOutput, RPLScoring, rpl_forward
 
 # (channels of each block, number of blocks, dilation, first-block stride, channel dropout) for mod2..mod7
 WRN38_STAGES = (
@@ -78,7 +80,7 @@ class IdentityResidualBlock(nn.Module):
         return self.convs(activated) + shortcut
 
 
-class RPLWiderResNet38(DeepLabV3PlusDecoder, nn.Module):
+class RPLWiderResNet38(DeepLabV3PlusDecoder, RPLScoring, nn.Module):
     """``forward(normalised images) -> RPLOutput(host_logits, rpl_logits)``, both ``(N, 19, H, W)``.
 
     Input: RGB / 255 normalised with the ImageNet mean and std, any size. The host (everything but
@@ -136,3 +138,35 @@ class RPLWiderResNet38(DeepLabV3PlusDecoder, nn.Module):
 
     def forward(self, images: torch.Tensor, outputs=("host", "rpl")) -> RPLOutput:
         return rpl_forward(self, self.residual_block, images, outputs)
+
+
+_NVIDIA_TRAINING_ONLY = ("criterion.", "dsn.", "final2.")
+
+
+def rpl_wrn38_state(state: dict, model: RPLWiderResNet38) -> dict:
+    """Map a checkpoint's keys to :class:`RPLWiderResNet38`'s. Three layouts are read:
+
+    - RPL's released ``res.pth``: ``{'model': {'branch1.<key>': ...}, 'optimizer', 'epoch', 'iteration'}``.
+    - NVIDIA's ``cityscapes_best.pth`` (the closed-set model RPL starts from): ``{'state_dict':
+      {'module.<key>': ...}}`` without a residual module, whose training-only entries (``criterion``,
+      ``dsn``, ``final2``) are dropped. The residual module is initialised as RPL does: ``atten_aspp``
+      and ``bot_atten_aspp`` copy ``aspp`` and ``bot_aspp``; ``atten_aspp_final`` keeps its Kaiming
+      initialisation (seeded by the global torch seed).
+    - diffeel's own training checkpoints: ``{'model': {...}, 'config': {...}}``, plain keys.
+    """
+    state = without_common_prefix(state, "module.branch1.", "branch1.", "module.")
+    state = {key: value for key, value in state.items() if not key.startswith(_NVIDIA_TRAINING_ONLY)}
+    model.residual_trained = any(key.startswith("residual_block.") for key in state)
+    if not model.residual_trained:
+        for key in list(state):
+            if key.startswith(("aspp.", "bot_aspp.")):
+                state["residual_block." + key.replace("aspp", "atten_aspp", 1)] = state[key].clone()
+        state["residual_block.atten_aspp_final.weight"] = model.residual_block.atten_aspp_final.weight.detach().clone()
+    return state
+
+
+@register_model("rpl_wrn38", "RPL (ICCV 2023): DeepLabV3+ on WiderResNet38-A2, output stride 8, with the residual module; "
+                "loads RPL's res.pth, NVIDIA's cityscapes_best.pth or a diffeel training checkpoint", convert=rpl_wrn38_state)
+def rpl_wrn38(**options) -> RPLWiderResNet38:
+    return RPLWiderResNet38(**options)
+

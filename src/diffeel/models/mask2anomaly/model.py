@@ -30,6 +30,9 @@ from torch import nn
 
 from ...errors import DiffeelError
 from ...labels import NUM_CLASSES
+from ..loading import load_strict, without_common_prefix
+from ..mask2anomaly_inference import mask_wise_logits
+from ..registry import register_model
 from .backbone import ResNet, torchvision_resnet50_to_detectron2
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .transformer_decoder import GlobalMaskTransformerDecoder
@@ -80,6 +83,7 @@ class Mask2Anomaly(nn.Module):
     """
 
     input_normalization = "0-255"
+    classifies_masks = True  # its per-pixel logits are mask-wise (Eq. 3)
 
     def __init__(self, num_classes: int = NUM_CLASSES, *, hidden_dim: int = 256, num_queries: int = 100, nheads: int = 8,
                  dec_layers: int = 9, dim_feedforward: int = 2048, enc_layers: int = 6, enc_dim_feedforward: int = 1024,
@@ -127,6 +131,13 @@ class Mask2Anomaly(nn.Module):
         outputs["padded_size"] = tuple(x.shape[-2:])
         return outputs
 
+    def scoring_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The mask-wise logits at the input size (the class map of Eq. 3), computed in float32
+        from the outputs whatever precision the forward ran at."""
+        outputs = self(images)
+        with torch.autocast(images.device.type, enabled=False):
+            return mask_wise_logits(outputs, outputs["image_size"])
+
 
 def upsample_masks(masks: torch.Tensor, image_size, padded_size=None) -> torch.Tensor:
     """Mask logits at stride 4 of the padded input ``(..., H_pad/4, W_pad/4)`` → ``(..., H, W)``:
@@ -147,8 +158,7 @@ def mask2anomaly_state(state: dict, model: nn.Module | None = None) -> dict:
     :data:`UNUSED_UPSTREAM_PATTERN`, the latter only when ``model`` has no such key). Everything
     else is passed through for strict loading, which names any missing or unexpected key.
     detectron2's NumPy arrays become tensors."""
-    if state and all(key.startswith("module.") for key in state):
-        state = {key[len("module."):]: value for key, value in state.items()}
+    state = without_common_prefix(state, "module.")
     expected = model.state_dict() if model is not None else {}
     converted = {}
     for key, value in state.items():
@@ -164,12 +174,16 @@ def load_backbone_weights(model: Mask2Anomaly, state: dict, source: str = "the b
     """Initialise ``model.backbone`` strictly from a ResNet-50 state dict in torchvision layout
     (e.g. Barlow Twins' ``resnet50.pth``), detectron2 layout (``stem.*``, ``res2.*``…) or as full
     model keys (``backbone.*``); one sentence names the first key that does not fit."""
-    from ..registry import load_strict  # here, not at import: the registry imports this module
-
-    if state and all(key.startswith("module.") for key in state):
-        state = {key[len("module."):]: value for key, value in state.items()}
+    state = without_common_prefix(state, "module.")
     if any(key.startswith(("layer1.", "conv1.", "bn1.")) for key in state):
         state = torchvision_resnet50_to_detectron2(state)
     elif state and all(key.startswith("backbone.") for key in state):
         state = {key[len("backbone."):]: value for key, value in state.items()}
     load_strict(model.backbone, state, source, "the Mask2Anomaly backbone")
+
+
+@register_model("mask2anomaly_r50", "Mask2Anomaly (Rai et al.): Mask2Former ResNet-50 with global mask attention, "
+                "plain PyTorch; loads the official model_final.pth", convert=mask2anomaly_state)
+def mask2anomaly_r50(**options) -> Mask2Anomaly:
+    return Mask2Anomaly(**options)
+
