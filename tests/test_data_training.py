@@ -8,7 +8,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from diffeel.data.cityscapes import CityscapesFrame, list_cityscapes, read_cityscapes_frame
-from diffeel.data.coco import COCO_CITYSCAPES_OVERLAP, CocoOutliers
+from diffeel.synth.coco import COCO_CITYSCAPES_OVERLAP, CocoOutliers
 from diffeel.data.images import read_image
 from diffeel.errors import DiffeelError
 from diffeel.synth.bank import BankObject

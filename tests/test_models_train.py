@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffeel.data.benchmarks import WEATHERS
-from diffeel.demo import DemoConfig, run_demo
+from diffeel.experiments.demo import DemoConfig, run_demo
 from diffeel.errors import DiffeelError
 from diffeel.models import RPLModel, SmallDeepLab, load_state, save_state
 from diffeel.train import TrainConfig, train
@@ -136,7 +136,7 @@ def test_a_tiny_demo_writes_every_output(tmp_path):
 
 
 def test_findings_follow_the_numbers_and_skip_recipes_not_trained():
-    from diffeel.demo_report import _ablation, findings
+    from diffeel.experiments.demo_report import _ablation, findings
 
     def run(**auprc):
         return {"methods": {m.replace("_", "/"): {g: {"auprc": v} for g, v in zip(("whole", "clear", "adverse"), values)}

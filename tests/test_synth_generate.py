@@ -13,7 +13,8 @@ import pytest
 from diffeel.cli import main
 from diffeel.errors import DiffeelError
 from diffeel.synth import ObjectBank
-from diffeel.synth.bank_builder import build_object_bank, read_records
+from diffeel.synth.bank import read_records
+from diffeel.synth.bank_builder import build_object_bank
 from diffeel.synth.generate import (GenerationSettings, check_model_files, generate_images, load_pipeline, plan_objects, read_backgrounds,
                                     read_objects)
 from sd_fixtures import tiny_stable_diffusion

@@ -9,6 +9,9 @@ Frames are grouped into batches of consecutive frames of one size *before* anyth
 between processes or skipped, and batch ``i`` runs on rank ``i mod world size``: every batch is
 computed the same way whatever the number of processes, and a resumed run recomputes unfinished
 batches whole. ``score_config.json`` records the settings; a rerun with other settings is refused.
+
+Saved logits (:func:`score_logits_files`): one score per file of ``(C, H, W)`` or ``(B, C, H, W)``
+logits, one map per image, finished maps kept.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.arrays import save_array_atomic
+from .data.arrays import ARRAY_SUFFIXES, load_array, save_array_atomic
 from .data.benchmarks import Frame
 from .data.images import image_size
 from .distributed import Distributed
@@ -219,3 +222,79 @@ def validate_model(model: torch.nn.Module, frames: list[Frame], scores=("energy"
         results[f"{name}/auprc"] = 100 * float(summary["auprc"])
         results[f"{name}/fpr95"] = 100 * float(summary["fpr95"])
     return results
+
+
+def find_logits_files(paths) -> list[Path]:
+    """The logits files among ``paths`` (files, or folders whose array files are taken in name
+    order); their stems name the maps, so two inputs may not share one."""
+    inputs: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            inputs.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in ARRAY_SUFFIXES))
+        elif path.is_file():
+            inputs.append(path)
+        else:
+            raise DiffeelError(f"{path} does not exist")
+    if not inputs:
+        raise DiffeelError("no logits files found (expected .npy, .npz, .pt or .pth files)")
+    stems = [p.stem for p in inputs]
+    if len(set(stems)) != len(stems):
+        duplicate = next(s for s in stems if stems.count(s) > 1)
+        raise DiffeelError(f"two inputs share the name {duplicate!r}; their score maps would collide")
+    return inputs
+
+
+def logits_map_targets(out_dir: Path, stem: str, batch: int) -> list[Path]:
+    """One map per image: ``{stem}.npy`` for a single image, ``{stem}_{i:04d}.npy`` for a batch."""
+    if batch == 1:
+        return [out_dir / f"{stem}.npy"]
+    return [out_dir / f"{stem}_{index:04d}.npy" for index in range(batch)]
+
+
+def _read_logits(path: Path, key: str | None) -> np.ndarray:
+    logits = load_array(path, key=key)
+    if logits.ndim not in (3, 4) or logits.dtype.kind != "f":
+        raise DiffeelError(f"{path} holds a {logits.dtype} array of shape {logits.shape}; expected float logits "
+                           "(C, H, W) or (B, C, H, W)")
+    if logits.ndim == 3:
+        logits = logits[None]
+    if min(logits.shape) == 0 or logits.shape[1] < 2:
+        raise DiffeelError(f"{path} holds logits of shape {logits.shape}; a score needs at least 2 classes and a non-empty image")
+    return logits
+
+
+def score_logits_files(inputs: list[Path], out_dir, score: str, *, alpha: float = 1.0, smooth: str = "none",
+                       dtype: str = "float32", key: str | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+    """Write ``score`` of every logits file in ``inputs`` (:func:`find_logits_files`) to ``out_dir``,
+    one map per image (:func:`logits_map_targets`), atomically; maps already there are kept unless
+    ``overwrite``. ``smooth="rpl"``: RPL's Gaussian blur. Returns the counts written and kept."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    written = kept = 0
+    claimed: set[Path] = set()
+    for path in tqdm(inputs, desc=f"{score} scores", unit="file", disable=not progress):
+        single = out_dir / f"{path.stem}.npy"
+        if single.exists() and not overwrite:
+            kept += 1
+            claimed.add(single)
+            continue
+        logits = _read_logits(path, key)
+        targets = logits_map_targets(out_dir, path.stem, logits.shape[0])
+        if claimed & set(targets):
+            raise DiffeelError(f"{path} would write {sorted(claimed & set(targets))[0].name}, which another input writes too")
+        claimed.update(targets)
+        if all(t.exists() for t in targets) and not overwrite:
+            kept += len(targets)
+            continue
+        score_maps = compute_score(score, logits, alpha=alpha, dim=1)
+        if smooth == "rpl":
+            score_maps = gaussian_smooth(score_maps)
+        if not np.isfinite(score_maps).all():
+            raise DiffeelError(f"{path} gives non-finite {score} scores; the logits contain NaN or inf")
+        for target, score_map in zip(targets, score_maps):
+            save_array_atomic(target, score_map.astype(dtype))
+        written += len(targets)
+    return {"written": written, "kept": kept}
+

@@ -327,6 +327,8 @@ DISPLAY_NAMES = {
     "folder": "folder",
 }
 
+# The metadata fields results are grouped by unless asked otherwise (diffeel eval --group-by).
+DEFAULT_GROUP_BY = {"comsamy": ("weather", "landform"), "smiyc-obstacle": ("weather", "scene"), "laf": ("scene",)}
 
 # Benchmarks whose layout carries a fixed label coding that --label-map may replace.
 LABEL_MAP_BENCHMARKS = ("folder", "laf")

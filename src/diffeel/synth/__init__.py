@@ -8,7 +8,8 @@ Pasted pixels get label ``ANOMALY_TRAIN_ID`` (254). The pipeline is object sourc
 → placement → blender → :func:`paste` (Eq. 1); see :mod:`diffeel.synth.synthesizer`. The
 generator (:mod:`~diffeel.synth.generate`, Stable Diffusion), the salient object extractor
 (:mod:`~diffeel.synth.extract`, U^2-Net or GrabCut) and the bank builder
-(:mod:`~diffeel.synth.bank_builder`) make object banks; :mod:`~diffeel.synth.harmonize` holds
+(:mod:`~diffeel.synth.bank_builder`) make object banks; :mod:`~diffeel.synth.coco` draws COCO objects as RPL
+does; :mod:`~diffeel.synth.harmonize` holds
 DoveNet and Poisson blending (import it from there: it needs torch, this package does not);
 :mod:`~diffeel.synth.pairs` writes training pairs.
 """

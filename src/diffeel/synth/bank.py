@@ -14,6 +14,7 @@ diffusion generator followed by a salient-object extractor, for example).
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from .compose import check_image, check_mask
 CSV_NAME = "objects.csv"
 REQUIRED_COLUMNS = ("file", "kind", "min_height_m", "max_height_m")
 ALPHA_THRESHOLD = 127
+RECORDS_PATTERN = "objects*.jsonl"  # objects.jsonl, or one objects-IIIII-of-KKKKK.jsonl per shard
 
 
 def tight_crop(rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,9 +119,39 @@ def read_cutout(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return tight_crop(np.ascontiguousarray(rgba[..., :3]), mask)
 
 
-def _read_records(folder: Path) -> list[_Entry]:
-    from .bank_builder import read_records
+def read_record_file(path: Path) -> tuple[list[dict], bool]:
+    """The records of one file, and whether its last line was torn (an interrupted append)."""
+    records, torn = [], False
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):  # the last line, without its newline: an append cut short
+                torn = True
+                continue
+            raise DiffeelError(f"{path} line {number} is not a JSON record") from None
+        if not isinstance(record, dict) or "id" not in record or "status" not in record:
+            raise DiffeelError(f"{path} line {number} lacks the fields id and status")
+        records.append(record)
+    return records, torn
 
+
+def read_records(bank) -> list[dict]:
+    """Every record of a bank, from all its record files, by id (an id recorded twice is an error)."""
+    bank = Path(bank)
+    by_id: dict[str, dict] = {}
+    for path in sorted(bank.glob(RECORDS_PATTERN)):
+        for record in read_record_file(path)[0]:
+            if record["id"] in by_id:
+                raise DiffeelError(f"object {record['id']} is recorded twice in {bank} (two builds of different shardings?)")
+            by_id[record["id"]] = record
+    return [by_id[key] for key in sorted(by_id)]
+
+
+def _read_records(folder: Path) -> list[_Entry]:
     entries = []
     for record in read_records(folder):
         if record["status"] != "ok":
@@ -137,7 +169,7 @@ def _read_records(folder: Path) -> list[_Entry]:
 def _read_csv(folder: Path) -> list[_Entry]:
     table = folder / CSV_NAME
     if not table.is_file():
-        if any(folder.glob("objects*.jsonl")):
+        if any(folder.glob(RECORDS_PATTERN)):
             return _read_records(folder)
         raise DiffeelError(f"object bank {folder} has no {CSV_NAME} (columns: {', '.join(REQUIRED_COLUMNS)}) "
                            "and no objects*.jsonl records")

@@ -23,47 +23,12 @@ import numpy as np
 
 from ..data.images import write_image_atomic
 from ..errors import DiffeelError
-from .bank import tight_crop
+from .bank import read_record_file, read_records, tight_crop
 from .generate import ObjectPlan
-
-RECORDS_PATTERN = "objects*.jsonl"
-
 
 def records_name(shard: tuple[int, int]) -> str:
     part, parts = shard
     return "objects.jsonl" if parts == 1 else f"objects-{part:05d}-of-{parts:05d}.jsonl"
-
-
-def _read_lines(path: Path) -> tuple[list[dict], bool]:
-    """The records of one file, and whether its last line was torn (an interrupted append)."""
-    records, torn = [], False
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if number == len(lines):  # the last line, without its newline: an append cut short
-                torn = True
-                continue
-            raise DiffeelError(f"{path} line {number} is not a JSON record") from None
-        if not isinstance(record, dict) or "id" not in record or "status" not in record:
-            raise DiffeelError(f"{path} line {number} lacks the fields id and status")
-        records.append(record)
-    return records, torn
-
-
-def read_records(bank) -> list[dict]:
-    """Every record of a bank, from all its record files, by id (an id recorded twice is an error)."""
-    bank = Path(bank)
-    by_id: dict[str, dict] = {}
-    for path in sorted(bank.glob(RECORDS_PATTERN)):
-        for record in _read_lines(path)[0]:
-            if record["id"] in by_id:
-                raise DiffeelError(f"object {record['id']} is recorded twice in {bank} (two builds of different shardings?)")
-            by_id[record["id"]] = record
-    return [by_id[key] for key in sorted(by_id)]
 
 
 def _prepare_shard(bank: Path, shard: tuple[int, int], plans: list[ObjectPlan]) -> set[str]:
@@ -71,7 +36,7 @@ def _prepare_shard(bank: Path, shard: tuple[int, int], plans: list[ObjectPlan]) 
     path = bank / records_name(shard)
     done: set[str] = set()
     if path.exists():
-        records, torn = _read_lines(path)
+        records, torn = read_record_file(path)
         if torn:
             temporary = path.with_name(f".{path.name}.tmp")
             temporary.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")

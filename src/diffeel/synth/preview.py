@@ -10,8 +10,7 @@ import numpy as np
 
 from ..data.images import read_image
 from ..errors import DiffeelError
-from .bank import BankObject, ObjectBank, read_cutout
-from .bank_builder import read_records
+from .bank import BankObject, ObjectBank, read_cutout, read_records
 
 TILE = 224
 GREY = 96

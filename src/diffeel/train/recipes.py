@@ -304,7 +304,7 @@ def outlier_source(config: TrainConfig, *, coco=None, objects=None, inlier_frame
         bank = ObjectBank.from_folder(objects, preload=False)
         sources.append(bank.subset(config.object_pool, seed=config.seed) if config.object_pool < 1 else bank)
     if coco is not None:
-        from ..data.coco import CocoOutliers
+        from ..synth.coco import CocoOutliers
 
         sources.append(CocoOutliers(coco, limit=max(1, round(config.object_pool * inlier_frames)), seed=config.seed))
     return sources[0] if len(sources) == 1 else PooledSource(sources)

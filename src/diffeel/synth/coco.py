@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
+from ..data.images import read_image
 from ..errors import DiffeelError
-from ..synth.bank import BankObject, tight_crop
-from .images import read_image
+from .bank import BankObject, tight_crop
 
 # COCO category ids of the classes Meta-OoD excludes for overlapping Cityscapes classes.
 COCO_CITYSCAPES_OVERLAP: tuple[int, ...] = (

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.benchmarks import WEATHERS
-from .report import html as html_report
-from .report import plots
-from .report.tables import percent
+from ..data.benchmarks import WEATHERS
+from ..report import html as html_report
+from ..report import plots
+from ..report.tables import percent
 
 MAIN_METHODS = ("closed/msp", "closed/energy", "rpl/energy", "rpl+eel/eel")
 POOL_RUNS = ("rpl+eel pool 25%", "rpl+eel pool 50%", "rpl+eel")  # 25 / 50 / 100 % of the object bank

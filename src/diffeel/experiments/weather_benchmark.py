@@ -7,14 +7,14 @@ import io
 import os
 from pathlib import Path
 
-from .data.benchmarks import Frame
-from .data.images import IMAGE_SUFFIXES, read_image, write_image_atomic
-from .errors import DiffeelError
-from .report.output import atomic_output_dir
+from ..data.benchmarks import Frame
+from ..data.images import IMAGE_SUFFIXES, read_image, write_image_atomic
+from ..errors import DiffeelError
+from ..report.output import atomic_output_dir
 
 
 def _check(condition: str, severity: int) -> None:
-    from .weather import CONDITIONS
+    from ..weather import CONDITIONS
 
     if condition not in CONDITIONS:
         raise DiffeelError(f"unknown condition {condition!r}; choose one of {', '.join(CONDITIONS)}")
@@ -48,7 +48,7 @@ def benchmark_variant(frames: list[Frame], condition: str, severity: int, seed: 
     """
     from tqdm import tqdm
 
-    from .weather import apply_weather
+    from ..weather import apply_weather
 
     _check(condition, severity)
     if any(frame.image_path is None for frame in frames):
@@ -76,7 +76,7 @@ def folder_variant(folder, condition: str, severity: int, seed: int, out, progre
     """Every image of a plain folder under ``condition``, same file stems, PNG."""
     from tqdm import tqdm
 
-    from .weather import apply_weather
+    from ..weather import apply_weather
 
     _check(condition, severity)
     folder = Path(folder)

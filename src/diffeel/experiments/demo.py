@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.benchmarks import ADVERSE_WEATHERS, WEATHERS, load_benchmark
-from .metrics import PixelMetrics
-from .scores import SCORES, all_scores
+from ..data.benchmarks import ADVERSE_WEATHERS, WEATHERS, load_benchmark
+from ..metrics import PixelMetrics
+from ..scores import SCORES, all_scores
 
 
 DEMO_RECIPES = 2  # bumped when the demo's recipes change, so that old checkpoints are not reused
@@ -77,7 +77,7 @@ RESIDUAL_RUNS = (
 
 
 def _train_recipes(config: DemoConfig, cache: Path, progress: bool) -> tuple[dict, dict, dict]:
-    from .train.recipes import load_small_host, preset, resolve_device, train_on_world
+    from ..train.recipes import load_small_host, preset, resolve_device, train_on_world
 
     resolve_device(config.device)  # fail before any work when CUDA is asked for and absent
     world_train = cache / "world" / "train"
@@ -134,7 +134,7 @@ def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: i
                 example["maps"][recipe] = {s: maps[s][ids.index(shown.id)] for s in ("energy", "entropy", "eel")}
     import warnings
 
-    from .metrics import UndefinedMetricWarning
+    from ..metrics import UndefinedMetricWarning
 
     def merged(by_weather: dict, weathers, name: str) -> PixelMetrics:
         total = PixelMetrics(name=name)
@@ -161,8 +161,8 @@ def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: i
 
 def run_demo(config: DemoConfig, out, progress: bool = True) -> dict:
     from . import demo_report
-    from .report.output import atomic_output_dir, write_json
-    from .world.make import WORLD_FORMAT, make_world
+    from ..report.output import atomic_output_dir, write_json
+    from ..world.make import WORLD_FORMAT, make_world
 
     out = Path(out)
     # one cache per configuration, so that quick and default runs (or other seeds) never mix

@@ -1,0 +1,102 @@
+"""``diffeel score``: anomaly score maps from a model over a benchmark, or from saved logits."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import DiffeelError
+from .arguments import add_benchmark_arguments, add_output_argument, add_quiet_argument, benchmark_frames, count, setting, size
+
+RESUMABLE = ("score",)
+
+
+def add_parser(commands) -> None:
+    from ..models import list_models
+    from ..scores import SCORES
+
+    score = commands.add_parser(
+        "score",
+        help="anomaly score maps (MSP, max-logit, energy, entropy, EEL) from a model on a benchmark, or from saved logits",
+        description="With --model: run a model (registered name, or package.module:factory) over a benchmark's frames "
+        "(RGB/255, ImageNet mean/std, full resolution unless --size) and write {out}/{score}/{frame id}.npy at label "
+        "resolution for each score of --scores, the layout diffeel eval --scores reads; runs under torchrun, each "
+        "process scoring its share, with output identical to one process. Without --model: compute --score from "
+        "saved logits files, one .npy per frame: {stem}.npy for a (C, H, W) or (1, C, H, W) input, {stem}_0000.npy, "
+        "{stem}_0001.npy, … for a (B, C, H, W) batch. Finished maps are kept unless --overwrite, so an interrupted "
+        "run resumes.",
+    )
+    score.add_argument("logits", nargs="*", help="logits files (.npy, .npz, .pt) or folders of them; (C,H,W) or (B,C,H,W)")
+    score.add_argument("--model", help="model to run: " + ", ".join(list_models()) + ", or package.module:factory "
+                       "(or path/to/file.py:factory) returning an nn.Module that gives (N, 19, H, W) logits")
+    score.add_argument("--checkpoint", help="model weights (e.g. RPL's res.pth, NVIDIA's cityscapes_best.pth); loaded strictly")
+    score.add_argument("--model-option", action="append", type=setting, metavar="NAME=VALUE",
+                       help="keyword argument for the model's constructor or factory (repeatable), e.g. width_divisor=16")
+    score.add_argument("--allow-pickle", action="store_true", help="allow a legacy checkpoint that needs full unpickling (can run code)")
+    add_benchmark_arguments(score, required=False)
+    score.add_argument("--scores", default=",".join(SCORES), help=f"--model: scores to write (default: {','.join(SCORES)})")
+    score.add_argument("--batch", type=count(1), default=1, help="--model: frames per forward pass (default 1)")
+    score.add_argument("--inference", choices=("default", "anomaly_inference"), default="default",
+                       help="--model, mask models: default = Eq. 3 (msp) and the EEL family on mask-wise logits; anomaly_inference "
+                       "= Mask2Anomaly's official script's score (its resizing, kept-query channels, zeroing rule, flip average)")
+    score.add_argument("--size", type=size, help="--model: resize images to WIDTHxHEIGHT before the model (default: full resolution)")
+    score.add_argument("--device", default="cpu", help="--model: cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
+    score.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
+                       help="--model: the forward's arithmetic: float32 (default, the official numbers), bfloat16 (autocast; "
+                       "several times faster on CPUs with AMX or AVX-512 BF16, scores change slightly) or float16 (autocast, CUDA only)")
+    score.add_argument("--score", choices=sorted(SCORES), default="eel", help="logits files: score to compute (default: eel, Eq. 6)")
+    score.add_argument("--alpha", type=float, default=1.0, help="entropy weight α of the EEL score (default: 1)")
+    score.add_argument("--smooth", nargs="?", const="rpl", default="none", choices=("none", "rpl"),
+                       help="rpl: Gaussian blur (7 taps, σ=1, reflect) as RPL's inference does; the same as eval --protocol rpl "
+                       "applies (then evaluate with --protocol nearest). Plain --smooth means rpl")
+    score.add_argument("--dtype", choices=("float16", "float32"), help="stored dtype (default: float16 with --model, else float32)")
+    score.add_argument("--key", help="array name inside .npz/.pt files holding several")
+    add_output_argument(score)
+    score.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
+    add_quiet_argument(score)
+    score.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.model:
+        return _score_model(args)
+    from ..report.output import check_output_dir
+    from ..scoring import find_logits_files, score_logits_files
+
+    if not args.logits:
+        raise DiffeelError("give logits files, or --model with --benchmark and --root")
+    check_output_dir(args.out, allowed=None)
+    inputs = find_logits_files(args.logits)
+    counts = score_logits_files(inputs, args.out, args.score, alpha=args.alpha, smooth=args.smooth, dtype=args.dtype or "float32",
+                                key=args.key, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {counts['written']} score map(s) to {Path(args.out)}" + (f", kept {counts['kept']} existing" if counts["kept"] else ""))
+
+
+def _score_model(args: argparse.Namespace) -> None:
+    """``diffeel score --model``: run a model over a benchmark (this process's share under torchrun)."""
+    from ..distributed import process_group
+    from ..models import create_model
+    from ..report.output import check_output_dir
+    from ..scoring import ScoreSettings, score_frames
+
+    if args.logits:
+        raise DiffeelError("give either logits files or --model, not both")
+    if not args.benchmark or not args.root:
+        raise DiffeelError("--model needs --benchmark and --root: the frames to score")
+    settings = ScoreSettings(scores=tuple(s.strip() for s in args.scores.split(",") if s.strip()), alpha=args.alpha,
+                             smooth=args.smooth, size=args.size[::-1] if args.size else None, batch=args.batch,
+                             dtype=args.dtype or "float16", inference=args.inference, precision=args.precision)
+    check_output_dir(args.out, allowed=None)
+    frames = benchmark_frames(args)
+    with process_group(args.device) as context:
+        device = context.device(args.device)
+        model = create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.allow_pickle, **dict(args.model_option or []))
+        provenance = {"model": args.model, "model_options": dict(args.model_option or []), "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
+                      "benchmark": args.benchmark, "root": str(Path(args.root).resolve())}
+        counts = score_frames(model, frames, args.out, settings, provenance=provenance, device=device, context=context,
+                              overwrite=args.overwrite, progress=not args.quiet)
+        if context.is_main:
+            kept = f", kept {counts['kept']} finished" if counts["kept"] else ""
+            shared = f" (rank 0 of {context.world_size})" if context.active else ""
+            print(f"scored {counts['scored']} frame(s){shared}{kept}: {', '.join(settings.scores)} maps in "
+                  f"{Path(args.out)}/<score>/; evaluate with diffeel eval --scores {Path(args.out) / settings.scores[-1]}")

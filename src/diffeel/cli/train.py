@@ -1,0 +1,120 @@
+"""``diffeel train``: a recipe on the embedded world or on Cityscapes (under torchrun: DDP)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import DiffeelError
+from .arguments import add_output_argument, add_quiet_argument, count, setting, size
+
+RESUMABLE = ("train",)
+
+
+def add_parser(commands) -> None:
+    from ..train.recipes import RECIPES
+
+    training = commands.add_parser(
+        "train",
+        help="train a recipe (closed host, RPL, RPL+EEL) on the embedded world or on Cityscapes, or print a recipe's settings",
+        description="Presets: rpl, rpl+eel, m2a, m2a+eel (the published settings) and demo-closed, demo-rpl, "
+        "demo-rpl+eel (the demo's CPU-sized ones). --show-config prints every setting and where its value "
+        "comes from. With --world: the small DeepLab host on a world's training split (diffeel world make); "
+        "rpl and rpl+eel train the RPL module around the closed host given by --host. With --cityscapes: rpl "
+        "or rpl+eel on Cityscapes around --host rpl_wrn38 --checkpoint cityscapes_best.pth, outliers from --coco "
+        "or --objects; under torchrun each process takes its share of every global batch (DDP). Resumes from "
+        "--out/checkpoint.pt; the checkpoint stores the settings and code revision that ran.",
+    )
+    training.add_argument("--recipe", required=True, choices=RECIPES, help="preset to start from")
+    training.add_argument("--set", action="append", type=setting, metavar="SETTING=VALUE",
+                          help="override a setting, e.g. --set lr=1e-4 --set crop=null (repeatable)")
+    training.add_argument("--show-config", action="store_true", help="print the settings and exit")
+    training.add_argument("--world", help="a world folder (its train/ split is used)")
+    training.add_argument("--host", help="world: the closed host's run folder or checkpoint; Cityscapes: the host model "
+                          "(rpl_wrn38, or package.module:factory)")
+    training.add_argument("--checkpoint", help="Cityscapes: the host's weights (NVIDIA's cityscapes_best.pth, RPL's res.pth)")
+    training.add_argument("--model-option", action="append", type=setting, metavar="NAME=VALUE", help="host constructor option (repeatable)")
+    training.add_argument("--allow-pickle", action="store_true", help="allow a legacy checkpoint that needs full unpickling (can run code)")
+    training.add_argument("--cityscapes", help="Cityscapes root (leftImg8bit/train, gtFine/train) to train on instead of a world")
+    training.add_argument("--coco", help="COCO root (annotations/instances_train2017.json, train2017/): outlier objects, filtered as RPL")
+    training.add_argument("--objects", help="an object bank folder (objects.csv or objects*.jsonl + RGBA cut-outs, e.g. made by "
+                          "diffeel synth objects) as the outlier objects (world default: the world's own)")
+    training.add_argument("--workers", type=count(0), default=2, help="Cityscapes: data-loading processes per training process (default 2)")
+    training.add_argument("--validate-benchmark", help="validate on this benchmark during training (AUPRC / FPR95 in log.jsonl)")
+    training.add_argument("--validate-root", help="root of the validation benchmark")
+    training.add_argument("--validate-images", help="image root of the validation benchmark (fs-static, fs-laf)")
+    training.add_argument("--validate-size", type=size, help="resize validation images to WIDTHxHEIGHT")
+    add_output_argument(training, "run folder (checkpoint.pt, log.jsonl, tensorboard/)", required=False)
+    training.add_argument("--seed", type=count(0), help="seed (default: the preset's, 0)")
+    training.add_argument("--device", default="cpu", help="cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
+    add_quiet_argument(training)
+    training.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..report.output import check_output_dir
+    from ..train.recipes import describe, load_small_host, preset, train_on_world
+
+    overrides = dict(args.set or [])
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    config = preset(args.recipe, **overrides)
+    if args.show_config:
+        print(describe(args.recipe, config), end="")
+        return
+    if args.cityscapes:
+        return _train_cityscapes(args, config)
+    if not args.world or not args.out:
+        raise DiffeelError("give --world (a folder made by diffeel world make) or --cityscapes, and --out to train, "
+                           "or --show-config to print the settings")
+    check_output_dir(args.out, allowed=None)  # a run folder resumes, so earlier contents are expected
+    world_train = Path(args.world) / "train"
+    host = load_small_host(args.host) if args.host else None
+    validate = _validation(args, args.device)
+    train_on_world(config, world_train, args.out, host=host, device=args.device, progress=not args.quiet, validate=validate,
+                   objects=args.objects)
+    print(f"trained {args.recipe} for {config.steps} steps → {Path(args.out) / 'checkpoint.pt'} (log.jsonl beside it)")
+
+
+def _validation(args: argparse.Namespace, device):
+    """The validation hook of --validate-benchmark / --validate-root, or None."""
+    if not args.validate_benchmark:
+        return None
+    if not args.validate_root:
+        raise DiffeelError("--validate-benchmark needs --validate-root")
+    from ..data.benchmarks import load_benchmark
+    from ..scoring import validate_model
+
+    frames = load_benchmark(args.validate_benchmark, args.validate_root, images=args.validate_images)
+    size = args.validate_size[::-1] if args.validate_size else None
+    return lambda model: validate_model(model, frames, device=device, size=size)
+
+
+def _train_cityscapes(args: argparse.Namespace, config) -> None:
+    """RPL / RPL+EEL on Cityscapes with a real host, under torchrun when started by it."""
+    from ..distributed import process_group
+    from ..models import create_model, list_models
+    from ..report.output import check_output_dir
+    from ..train.recipes import train_on_cityscapes
+
+    if not args.out:
+        raise DiffeelError("give --out, the run folder")
+    if not args.host or (args.host not in list_models() and ":" not in args.host):
+        raise DiffeelError("training on Cityscapes needs --host NAME (e.g. rpl_wrn38) and its --checkpoint "
+                           "(NVIDIA's cityscapes_best.pth, or RPL's res.pth to continue)")
+    if args.checkpoint is None:
+        raise DiffeelError(f"give the closed-set weights of {args.host} with --checkpoint (e.g. NVIDIA's cityscapes_best.pth)")
+    check_output_dir(args.out, allowed=None)
+    with process_group(args.device) as context:
+        device = context.device(args.device)
+
+        def make_model():
+            return create_model(args.host, checkpoint=args.checkpoint, allow_pickle=args.allow_pickle, **dict(args.model_option or []))
+
+        summary = train_on_cityscapes(config, args.cityscapes, args.out, make_model, coco=args.coco, objects=args.objects, device=device,
+                                      context=context, workers=args.workers, validate=_validation(args, device),
+                                      progress=not args.quiet)
+        if context.is_main:
+            print(f"trained {args.recipe} on {args.host} for {summary['steps']} steps on {context.world_size} process(es) → "
+                  f"{Path(args.out) / 'checkpoint.pt'} (log.jsonl and tensorboard/ beside it); load it with "
+                  f"create_model({args.host!r}, checkpoint=...)")
