@@ -18,7 +18,7 @@ import benchmark_fixtures as fixtures
 from diffeel.cli import main
 from diffeel.data.benchmarks import load_benchmark
 from diffeel.distributed import Distributed
-from diffeel.models import RPLWiderResNet38, create_model
+from diffeel.models import RPLWiderResNet38, create_model, scoring_logits
 from diffeel.scoring import validate_model
 from diffeel.train.data import EpochBatches
 from diffeel.train.recipes import preset, train_on_cityscapes
@@ -171,6 +171,28 @@ def test_validation_hook_and_coco_outliers(data, tmp_path):
     validation = [line["validation"] for line in lines if "validation" in line]
     assert len(validation) == 1 and set(validation[0]) == {"energy/auprc", "energy/fpr95", "eel/auprc", "eel/fpr95"}
     assert all(0 <= value <= 100 for value in validation[0].values())
+
+
+def test_validation_scores_the_residual_module_being_trained(data, tmp_path):
+    """NVIDIA's closed-set file holds no residual module, so scoring it alone uses out1; a run that
+    trains the residual module must validate out2, and its numbers move with the residual."""
+    frames = load_benchmark("comsamy", data / "bench")
+    probe = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    scored, validations = [], []
+
+    def validate(model):
+        with torch.no_grad():
+            scored.append((scoring_logits(model, probe), model(probe)))
+        validations.append(validate_model(model, frames, device=torch.device("cpu")))
+        return validations[-1]
+
+    train_on_cityscapes(config(steps=3, validate_every=1, lr=1e-2), data / "cityscapes", tmp_path / "run", make_model(data),
+                        objects=data / "bank", device=torch.device("cpu"), progress=False, validate=validate)
+    assert len(scored) == 3
+    for logits, (host, residual) in scored:
+        assert torch.equal(logits, residual) and not torch.equal(logits, host)
+    assert not torch.equal(scored[0][0], scored[-1][0])
+    assert validations[0] != validations[-1]
 
 
 def run(*args):

@@ -382,6 +382,9 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
         if not hasattr(model, "residual_block"):
             raise DiffeelError("the host has no RPL residual module to train; use rpl_wrn38 (or small_rpl)")
         groups = residual_parameter_groups(model, config.head_lr_multiplier)
+        # a closed-set start (NVIDIA's file) scores out1; this run trains the residual module, so
+        # validation scores out2, what is being trained
+        model.residual_trained = True
     model = model.to(device, memory_format=torch.channels_last)
     batch_at = StepBatches(dataset, config, context, device, input_normalization(model), workers)
     return train(config, model, groups, batch_at, loss, out_dir, progress=progress, stop_after=stop_after, context=context,
