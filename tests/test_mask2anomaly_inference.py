@@ -89,7 +89,7 @@ def test_official_score_matches_the_formula(queries, expected_kept):
         # a kept query's channel score_q·σ(m_q) never exceeds its class's semantic channel, which
         # sums that same term with the other queries' shares: without the zeroing rule (K ≤ 1) the
         # score is Eq. 3's
-        classes_only = 1 - scores.mask_logits(outputs["pred_logits"], outputs["pred_masks"])[0].amax(0).numpy()
+        classes_only = scores.mask_msp(outputs["pred_logits"], outputs["pred_masks"])[0].numpy()
         np.testing.assert_allclose(single, classes_only, atol=2e-6)
 
 def test_official_score_crops_padding_and_resizes_in_the_host_order():

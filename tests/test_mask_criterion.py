@@ -183,7 +183,7 @@ def test_contrastive_loss_crops_the_padding():
     value = mask_contrastive_loss(outputs["pred_logits"], outputs["pred_masks"], labels, mask_stride=2)
     # as Mask2Anomaly: s = -max on the mask grid, then s upsampled (to the padded input, then cropped)
     from diffeel.scores import mask_logits
-    low = -mask_logits(outputs["pred_logits"], outputs["pred_masks"]).amax(1, keepdim=True)
+    low = -mask_logits(outputs["pred_logits"], outputs["pred_masks"], "softmax").amax(1, keepdim=True)  # Mask2Anomaly's softmaxed map
     score = torch.nn.functional.interpolate(low, size=(6, 8), mode="bilinear", align_corners=False)[:, 0, :5, :7]
     inlier = labels < C
     anomaly = labels == ANOMALY_TRAIN_ID
@@ -200,28 +200,35 @@ def softmax(values):
     return [e / sum(exps) for e in exps]
 
 
-def test_eq10_terms_by_hand():
+@pytest.mark.parametrize("eel_logits", [None, "raw", "softmax"])
+def test_eq10_terms_by_hand(eel_logits):
     logits = torch.zeros(1, 2, C + 1, dtype=torch.float64)
     logits[0, 0, 0] = 3.0  # query 0: road
     logits[0, 1, C] = 3.0  # query 1: no object
+    logits[0, 1, 5] = -1.5  # query 1's raw logit of class 5: it weights mask 1 only with raw class logits
     masks = torch.tensor([[[[2.0, 1.0], [0.5, -1.0]], [[-1.0, -2.0], [0.0, 1.0]]]], dtype=torch.float64)
     labels = torch.tensor([[[0, 0], [0, ANOMALY_TRAIN_ID]]])
-    config = {"loss": "m2a+eel", "mask_loss": {"train_points": None, "mask_stride": 1, "deep_supervision": False}}
+    mask_loss = {"train_points": None, "mask_stride": 1, "deep_supervision": False}
+    config = {"loss": "m2a+eel", "mask_loss": {**mask_loss, **({"eel_logits": eel_logits} if eel_logits else {})}}
     terms = mask2anomaly_loss({"pred_logits": logits, "pred_masks": masks}, labels, config)
 
     sig = lambda v: 1 / (1 + math.exp(-v))
-    p0, p1 = softmax([3.0] + [0.0] * C), softmax([0.0] * C + [3.0])
+    c0, c1 = logits[0, 0].tolist(), logits[0, 1].tolist()
+    p0, p1 = softmax(c0), softmax(c1)
+    # L_eel's class weights: the raw class logits by default (the paper's c^T·Sigmoid(m)), or softmaxed
+    w0, w1 = (p0, p1) if eel_logits == "softmax" else (c0, c1)
     # CE: query 0 → road (weight 1), query 1 → no object (weight 0.1)
-    ce = (-math.log(p0[0]) + 0.1 * -math.log(p1[C])) / 1.1
+    no_object = float(torch.tensor(0.1))  # the class-weight buffer is float32, as Mask2Former's empty_weight
+    ce = (-math.log(p0[0]) + no_object * -math.log(p1[C])) / (1 + no_object)
     # point BCE and dice of query 0 against the road mask [[1, 1], [1, 0]] on all 4 pixels, one target mask
     m0, target = [2.0, 1.0, 0.5, -1.0], [1, 1, 1, 0]
     bce = sum(-(t * math.log(sig(m)) + (1 - t) * math.log(1 - sig(m))) for m, t in zip(m0, target)) / 4
     dice = 1 - (2 * sum(sig(m) * t for m, t in zip(m0, target)) + 1) / (sum(sig(m) for m in m0) + sum(target) + 1)
-    # Eq. 7 on y_hat = Σ_q softmax(c_q)[:C]·σ(m_q): pixel (1, 1) anomaly, the others inliers
+    # Eq. 7 on y_hat = Σ_q w_q[:C]·σ(m_q): pixel (1, 1) anomaly, the others inliers
     m1 = [-1.0, -2.0, 0.0, 1.0]
     inlier_terms, anomaly_terms = [], []
     for pixel in range(4):
-        y = [p0[k] * sig(m0[pixel]) + p1[k] * sig(m1[pixel]) for k in range(C)]
+        y = [w0[k] * sig(m0[pixel]) + w1[k] * sig(m1[pixel]) for k in range(C)]
         energy = math.log(sum(math.exp(v) for v in y))
         probs = [math.exp(v - energy) for v in y]
         entropy = -sum(p * math.log(p) for p in probs)

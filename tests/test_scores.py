@@ -95,15 +95,33 @@ def test_mask_logits_and_mask_msp_match_loops(rng):
     batch, queries, classes, height, width = 2, 5, 4, 3, 6
     class_logits = rng.normal(size=(batch, queries, classes + 1))
     mask_logits = rng.normal(size=(batch, queries, height, width))
-    expected = np.zeros((batch, classes, height, width))
+    raw = np.zeros((batch, classes, height, width))  # the paper's c^T·Sigmoid(m), raw class logits
+    softmaxed = np.zeros((batch, classes, height, width))  # Eq. 3's softmax(c)^T·Sigmoid(m)
     for b in range(batch):
         for q in range(queries):
             probs = np.exp(class_logits[b, q]) / np.exp(class_logits[b, q]).sum()
             mask = 1 / (1 + np.exp(-mask_logits[b, q]))
             for c in range(classes):
-                expected[b, c] += probs[c] * mask
-    np.testing.assert_allclose(scores.mask_logits(class_logits, mask_logits), expected, rtol=1e-12)
-    np.testing.assert_allclose(scores.mask_msp(class_logits, mask_logits), 1 - expected.max(axis=1), rtol=1e-12)
+                raw[b, c] += class_logits[b, q, c] * mask
+                softmaxed[b, c] += probs[c] * mask
+    np.testing.assert_allclose(scores.mask_logits(class_logits, mask_logits), raw, rtol=1e-12)
+    np.testing.assert_allclose(scores.mask_logits(class_logits, mask_logits, "softmax"), softmaxed, rtol=1e-12)
+    np.testing.assert_allclose(scores.mask_msp(class_logits, mask_logits), 1 - softmaxed.max(axis=1), rtol=1e-12)
+    with pytest.raises(ValueError, match="class_weights"):
+        scores.mask_logits(class_logits, mask_logits, "sigmoid")
+
+
+def test_raw_mask_logits_give_energy_its_range(rng):
+    """With softmaxed class weights the energy of a confident mask model sits near log C whatever
+    the pixel (the reason method.md uses raw class logits); with raw ones it follows the logits."""
+    queries, classes = 20, 19
+    class_logits = np.zeros((1, queries, classes + 1))
+    class_logits[0, np.arange(queries), np.arange(queries) % classes] = np.linspace(2.0, 12.0, queries)
+    mask_logits = rng.normal(scale=4.0, size=(1, queries, 16, 16))
+    softmax_energy = -scores.energy(scores.mask_logits(class_logits, mask_logits, "softmax"))
+    raw_energy = -scores.energy(scores.mask_logits(class_logits, mask_logits))
+    assert np.ptp(softmax_energy) < 1.5 and abs(np.median(softmax_energy) - np.log(classes)) < 1.0
+    assert np.ptp(raw_energy) > 5 * np.ptp(softmax_energy)
 
 
 def test_mask_scores_reject_mismatched_queries(rng):

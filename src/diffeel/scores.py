@@ -23,6 +23,7 @@ __all__ = [
     "eel",
     "mask_logits",
     "mask_msp",
+    "MASK_CLASS_WEIGHTS",
     "gaussian_smooth",
     "SCORES",
     "compute_score",
@@ -103,8 +104,22 @@ def eel(logits, alpha: float = 1.0, dim: int = 1):
     return alpha * entropy_map - log_partition
 
 
-def _mask_semantic(class_logits: torch.Tensor, mask_logits_: torch.Tensor) -> torch.Tensor:
-    """``softmax(c)[..., :C]^T · sigmoid(m)`` after shape checks (shared by Eq. 3 and mask_logits)."""
+MASK_CLASS_WEIGHTS = ("raw", "softmax")  # the class weights of mask-wise logits: c[..., :C] or softmax(c)[..., :C]
+
+
+def mask_class_weights(class_logits: torch.Tensor, class_weights: str) -> torch.Tensor:
+    """The per-query class weights ``(…, N, C)`` of mask-wise logits: the raw class logits
+    (``"raw"``) or their softmax over the C + 1 classes (``"softmax"``), "no object" dropped."""
+    if class_weights == "raw":
+        return class_logits[..., :-1]
+    if class_weights == "softmax":
+        return F.softmax(class_logits, dim=-1)[..., :-1]
+    raise ValueError(f"class_weights must be one of {', '.join(MASK_CLASS_WEIGHTS)}, got {class_weights!r}")
+
+
+def _mask_semantic(class_logits: torch.Tensor, mask_logits_: torch.Tensor, class_weights: str) -> torch.Tensor:
+    """``w(c)^T · sigmoid(m)`` after shape checks, ``w`` of :func:`mask_class_weights` (shared by
+    Eq. 3 and mask_logits)."""
     if class_logits.dim() != 3 or mask_logits_.dim() != 4:
         raise ValueError(
             "mask-wise scores need class logits (B, N, C+1) and mask logits (B, N, H, W), got "
@@ -115,20 +130,23 @@ def _mask_semantic(class_logits: torch.Tensor, mask_logits_: torch.Tensor) -> to
             f"class logits {tuple(class_logits.shape)} and mask logits {tuple(mask_logits_.shape)} "
             "disagree on batch size or number of queries"
         )
-    class_probs = F.softmax(class_logits, dim=-1)[..., :-1]  # drop the "no object" class
-    return torch.einsum("bnc,bnhw->bchw", class_probs, torch.sigmoid(mask_logits_))
+    weights = mask_class_weights(class_logits, class_weights)
+    return torch.einsum("bnc,bnhw->bchw", weights, torch.sigmoid(mask_logits_))
 
 
-def mask_logits(class_logits, mask_logits):
-    """Per-pixel class scores of a mask-wise model: ``softmax(c)[..., :C]^T · sigmoid(m)``.
+def mask_logits(class_logits, mask_logits, class_weights: str = "raw"):
+    """The per-pixel logits of a mask-wise model (section IV-B, below Eq. 5): ``y_hat =
+    c[..., :C]^T · sigmoid(m)`` with the raw class logits, "no object" dropped.
 
-    Section IV-B writes ``c^T · Sigmoid(m)``; we softmax ``c`` first, as Mask2Former's semantic
-    inference (and so Mask2Anomaly) does. ``(B, N, C+1), (B, N, H, W) → (B, C, H, W)``; the
-    result feeds :func:`energy`, :func:`entropy` and :func:`eel` like pixel-wise logits.
+    ``(B, N, C+1), (B, N, H, W) → (B, C, H, W)``; the result feeds :func:`energy`,
+    :func:`entropy` and :func:`eel` (scores, and ``L_eel`` of Eq. 10) like pixel-wise logits.
+    ``class_weights="softmax"`` weights the masks with ``softmax(c)[..., :C]`` instead (Mask2Former's
+    semantic map, the form of Eq. 3), an ablation: its values lie in ``[0, N]``, which squashes the
+    energy to about ``log C`` and leaves EEL little range.
     """
     class_tensor, was_numpy = _as_tensor(class_logits)
     mask_tensor, _ = _as_tensor(mask_logits)
-    result = _mask_semantic(class_tensor, mask_tensor)
+    result = _mask_semantic(class_tensor, mask_tensor, class_weights)
     return result.numpy() if was_numpy else result
 
 
@@ -136,7 +154,7 @@ def mask_msp(class_logits, mask_logits):
     """Mask-wise MSP, Eq. 3: ``1 - max_c (softmax(c)[..., :C]^T · sigmoid(m))_c``."""
     class_tensor, was_numpy = _as_tensor(class_logits)
     mask_tensor, _ = _as_tensor(mask_logits)
-    result = 1.0 - _mask_semantic(class_tensor, mask_tensor).amax(dim=1)
+    result = 1.0 - _mask_semantic(class_tensor, mask_tensor, "softmax").amax(dim=1)
     return result.numpy() if was_numpy else result
 
 

@@ -32,8 +32,8 @@ from .errors import DiffeelError
 from .metrics import PixelMetrics
 from .models import input_normalization, is_mask_model, normalise, scoring_logits
 from .models.loading import PRECISIONS, forward_precision
-from .models.mask2anomaly_inference import OFFICIAL_SCRIPT
-from .scores import SCORES, compute_score, gaussian_smooth
+from .models.mask2anomaly_inference import OFFICIAL_SCRIPT, mask_wise_maps
+from .scores import MASK_CLASS_WEIGHTS, SCORES, compute_score, gaussian_smooth
 
 CONFIG_NAME = "score_config.json"
 
@@ -48,8 +48,11 @@ class ScoreSettings:
     dtype: str = "float16"
     inference: str = "default"  # mask models: "anomaly_inference" = Mask2Anomaly's official script's score
     precision: str = "float32"  # the forward's: float32, bfloat16 (autocast) or float16 (autocast, CUDA)
+    mask_logits: str = "raw"  # mask models: the class weights of the logits energy / entropy / EEL use (msp: always softmax)
 
     def __post_init__(self):
+        if self.mask_logits not in MASK_CLASS_WEIGHTS:
+            raise DiffeelError(f"mask_logits must be one of {', '.join(MASK_CLASS_WEIGHTS)}, got {self.mask_logits!r}")
         if self.precision not in PRECISIONS:
             raise DiffeelError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.inference not in ("default", OFFICIAL_SCRIPT):
@@ -123,6 +126,8 @@ def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings:
     config = {**provenance, "scores": list(settings.scores), "inference": settings.inference, "alpha": settings.alpha, "smooth": settings.smooth,
               "size": list(settings.size) if settings.size else None, "dtype": settings.dtype, "precision": settings.precision,
               "frames": len(frames)}
+    if is_mask_model(model) and settings.inference != OFFICIAL_SCRIPT:
+        config["mask_logits"] = settings.mask_logits  # maps made with the other class weights must not mix with these
     if not overwrite:
         _check_config(out_dir, config)
     if context.is_main:
@@ -149,8 +154,9 @@ def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings:
 def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: str, device) -> dict[str, np.ndarray]:
     """``{score: (N, H, W) float32 maps}`` at label resolution for frames of one image and label size.
 
-    For a mask model ``msp`` is Eq. 3's mask-wise MSP (``1 - max_c`` of the class map, which is not
-    normalised), the other scores come from the mask-wise logits; ``settings.inference =
+    For a mask model ``msp`` is Eq. 3's mask-wise MSP (``1 - max_c`` of the softmax-weighted class
+    map, which is not normalised), the other scores come from the mask-wise logits (raw class
+    logits unless ``settings.mask_logits = "softmax"``); ``settings.inference =
     "anomaly_inference"`` runs Mask2Anomaly's official scoring instead (its own resizing and flip)."""
     if settings.inference == OFFICIAL_SCRIPT:
         return {OFFICIAL_SCRIPT: _official_maps(model, frames, settings.precision)}
@@ -159,16 +165,18 @@ def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: s
         images = F.interpolate(images, size=settings.size, mode="bilinear", align_corners=False)
     label_width, label_height = image_size(frames[0].label_path)
     with torch.inference_mode():
-        logits = scoring_logits(model, normalise(images, how).contiguous(memory_format=torch.channels_last), settings.precision)
-        if logits.shape[-2:] != (label_height, label_width):
-            logits = F.interpolate(logits, size=(label_height, label_width), mode="bilinear", align_corners=False)
-        logits = logits.contiguous()  # scores reduce over classes: the same layout as saved logits gives the same bits
+        inputs = normalise(images, how).contiguous(memory_format=torch.channels_last)
+        class_maps = _forward_logits(model, inputs, settings)
+        for key, logits in class_maps.items():
+            if logits.shape[-2:] != (label_height, label_width):
+                logits = F.interpolate(logits, size=(label_height, label_width), mode="bilinear", align_corners=False)
+            class_maps[key] = logits.contiguous()  # scores reduce over classes: the same layout as saved logits gives the same bits
         maps = {}
         for name in settings.scores:
             if name == "msp" and is_mask_model(model):
-                score_map = 1.0 - logits.amax(dim=1)  # Eq. 3
+                score_map = 1.0 - class_maps["eq3"].amax(dim=1)  # Eq. 3
             else:
-                score_map = compute_score(name, logits, alpha=settings.alpha, dim=1)
+                score_map = compute_score(name, class_maps["logits"], alpha=settings.alpha, dim=1)
             if settings.smooth == "rpl":
                 score_map = gaussian_smooth(score_map)
             maps[name] = score_map.cpu().numpy()
@@ -176,6 +184,20 @@ def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: s
         if not np.isfinite(score_maps).all():
             raise DiffeelError(f"the model gave non-finite {name} scores on frame {frames[0].id}; its logits contain NaN or inf")
     return maps
+
+
+def _forward_logits(model, inputs: torch.Tensor, settings: ScoreSettings) -> dict[str, torch.Tensor]:
+    """``{"logits": what the scores use}`` at the input size and, for a mask model asked for
+    ``msp``, ``"eq3"``: the softmax-weighted class map of Eq. 3 (both maps from one forward)."""
+    if not is_mask_model(model):
+        return {"logits": scoring_logits(model, inputs, settings.precision)}
+    with forward_precision(inputs.device, settings.precision):
+        outputs = model(inputs)
+    wanted = {"logits": settings.mask_logits} if any(name != "msp" for name in settings.scores) else {}
+    if "msp" in settings.scores:
+        wanted["eq3"] = "softmax"
+    class_maps = mask_wise_maps(outputs, outputs["image_size"], class_weights=tuple(wanted.values()))
+    return {key: class_maps[weighting] for key, weighting in wanted.items()}
 
 
 def _official_maps(model, frames: list[Frame], precision: str) -> np.ndarray:

@@ -39,6 +39,10 @@ def add_parser(commands) -> None:
     score.add_argument("--inference", choices=("default", "anomaly_inference"), default="default",
                        help="--model, mask models: default = Eq. 3 (msp) and the EEL family on mask-wise logits; anomaly_inference "
                        "= Mask2Anomaly's official script's score (its resizing, kept-query channels, zeroing rule, flip average)")
+    score.add_argument("--mask-logits", choices=("raw", "softmax"), default="raw",
+                       help="--model, mask models: the class weights of the mask-wise logits that energy, entropy and EEL use: raw "
+                       "(default; the paper's c^T·sigmoid(m) with raw class logits) or softmax (Mask2Former's semantic map, an "
+                       "ablation); msp (Eq. 3) always weights with the softmax")
     score.add_argument("--size", type=size, help="--model: resize images to WIDTHxHEIGHT before the model (default: full resolution)")
     score.add_argument("--device", default="cpu", help="--model: cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
     score.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
@@ -85,7 +89,8 @@ def _score_model(args: argparse.Namespace) -> None:
         raise DiffeelError("--model needs --benchmark and --root: the frames to score")
     settings = ScoreSettings(scores=tuple(s.strip() for s in args.scores.split(",") if s.strip()), alpha=args.alpha,
                              smooth=args.smooth, size=args.size[::-1] if args.size else None, batch=args.batch,
-                             dtype=args.dtype or "float16", inference=args.inference, precision=args.precision)
+                             dtype=args.dtype or "float16", inference=args.inference, precision=args.precision,
+                             mask_logits=args.mask_logits)
     check_output_dir(args.out, allowed=None)
     frames = benchmark_frames(args)
     with process_group(args.device) as context:

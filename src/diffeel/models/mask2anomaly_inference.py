@@ -7,13 +7,15 @@ Outputs are the model's dict: ``"pred_logits"`` ``(N, Q, C+1)`` (last = "no obje
 without it the input is taken as unpadded. The padding is at the bottom and right.
 
 Every map here is made the way Mask2Former's semantic inference makes it: mask logits upsampled
-bilinearly (``align_corners=False``) to the padded input, sigmoid, combined with the class
-probabilities, the padding cut off, and the map resized bilinearly to the requested size.
+bilinearly (``align_corners=False``) to the padded input, sigmoid, combined with per-query class
+weights, the padding cut off, and the map resized bilinearly to the requested size.
 
-Mask-wise logits (a decision, following method.md and the paper's "y_hat = c^T·Sigmoid(m)"): the
-un-normalised class map ``y_hat = Σ_q softmax(c_q)[:C]·sigmoid(m_q)`` is used directly as the
-logits of Eq. 4 (energy) and Eq. 5 (entropy); we do not take its log. Its values lie in
-``[0, Q]``, so its energy is bounded by ``log C + Q``.
+Two class weightings (:data:`~diffeel.scores.MASK_CLASS_WEIGHTS`): Eq. 3's MSP and the official
+score weight the masks with the class probabilities, ``Σ_q softmax(c_q)[:C]·sigmoid(m_q)``
+(``"softmax"``, Mask2Former's semantic map). The mask-wise logits of energy, entropy and EEL are
+the paper's ``y_hat = c^T·Sigmoid(m)`` with the raw class logits, ``Σ_q c_q[:C]·sigmoid(m_q)``
+(``"raw"``, the default; method.md), used directly as the logits of Eq. 4 and Eq. 5; the softmaxed
+form stays available as an ablation.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..labels import NUM_CLASSES
-from ..scores import all_scores, mask_logits
+from ..scores import MASK_CLASS_WEIGHTS, all_scores, mask_class_weights, mask_logits
 from .loading import forward_precision
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "MASK_SCORES",
     "semantic_map",
     "mask_wise_logits",
+    "mask_wise_maps",
     "eq3_score",
     "mask_scores",
     "official_kept_queries",
@@ -60,8 +63,8 @@ def semantic_map(pred_logits, pred_masks):
     gives ``(C, h, w)``; torch or numpy in, the same kind out.
     """
     if getattr(pred_logits, "ndim", None) == 2:
-        return mask_logits(pred_logits[None], pred_masks[None])[0]
-    return mask_logits(pred_logits, pred_masks)
+        return mask_logits(pred_logits[None], pred_masks[None], "softmax")[0]
+    return mask_logits(pred_logits, pred_masks, "softmax")
 
 
 def _image_sizes(outputs: Mapping, batch: int, padded: tuple[int, int]) -> list[tuple[int, int]]:
@@ -112,12 +115,14 @@ def _upsampled_sigmoid(masks: torch.Tensor, padded: tuple[int, int]) -> torch.Te
 
 
 def _image_maps(logits: torch.Tensor, masks: torch.Tensor, image_size: tuple[int, int], output_size: tuple[int, int],
-                mask_stride: int, kept: torch.Tensor | None = None) -> torch.Tensor:
-    """One image's ``(C [+ K], H_out, W_out)`` maps: the semantic map and, for ``kept`` queries,
-    ``score_q · sigmoid(m_q)``, computed on the padded input, cropped and resized."""
+                mask_stride: int, kept: torch.Tensor | None = None, class_weights: Sequence[str] = ("softmax",)) -> torch.Tensor:
+    """One image's ``(W·C [+ K], H_out, W_out)`` maps: the class map of each weighting in
+    ``class_weights`` (``W`` of them, in that order) and, for ``kept`` queries,
+    ``score_q · sigmoid(m_q)``, computed on the padded input, cropped and resized. The sigmoid
+    masks are upsampled once for all weightings."""
     padded = (mask_stride * masks.shape[-2], mask_stride * masks.shape[-1])
     probs = F.softmax(logits, dim=-1)
-    classes = probs[:, :-1]
+    classes = torch.cat([mask_class_weights(logits, weighting) for weighting in class_weights], dim=1)
     semantic = torch.zeros((classes.shape[1], *padded), dtype=probs.dtype, device=probs.device)
     for start in range(0, masks.shape[0], _QUERY_CHUNK):
         chunk = _upsampled_sigmoid(masks[start : start + _QUERY_CHUNK], padded)
@@ -139,31 +144,51 @@ def _output_size(size: Sequence[int]) -> tuple[int, int]:
     return height, width
 
 
-def mask_wise_logits(outputs: Mapping, image_size: Sequence[int], mask_stride: int = 4) -> torch.Tensor:
-    """The mask-wise logits ``y_hat`` ``(N, C, H, W)`` at ``image_size`` (the size of the image the
-    scores are for): upsampled, sigmoid, combined, padding cut off, resized (see the module doc)."""
+def mask_wise_maps(outputs: Mapping, image_size: Sequence[int], mask_stride: int = 4,
+                   class_weights: Sequence[str] = MASK_CLASS_WEIGHTS) -> dict[str, torch.Tensor]:
+    """``{weighting: (N, C, H, W) class map}`` at ``image_size`` (the size of the image the scores
+    are for) for each weighting of ``class_weights`` (``"raw"``: the mask-wise logits;
+    ``"softmax"``: Eq. 3's map), from one pass over the queries (see the module doc)."""
+    class_weights = tuple(dict.fromkeys(class_weights))
+    unknown = [weighting for weighting in class_weights if weighting not in MASK_CLASS_WEIGHTS]
+    if unknown or not class_weights:
+        raise ValueError(f"class_weights must name some of {', '.join(MASK_CLASS_WEIGHTS)}, got {class_weights!r}")
     logits, masks, sizes = _check(outputs, mask_stride)
     size = _output_size(image_size)
-    return torch.stack([_image_maps(logits[b], masks[b], sizes[b], size, mask_stride) for b in range(logits.shape[0])])
+    maps = torch.stack([_image_maps(logits[b], masks[b], sizes[b], size, mask_stride, class_weights=class_weights)
+                        for b in range(logits.shape[0])])
+    return dict(zip(class_weights, maps.chunk(len(class_weights), dim=1)))
+
+
+def mask_wise_logits(outputs: Mapping, image_size: Sequence[int], mask_stride: int = 4, class_weights: str = "raw") -> torch.Tensor:
+    """The mask-wise logits ``y_hat = Σ_q c_q[:C]·sigmoid(m_q)`` ``(N, C, H, W)`` at ``image_size``
+    (``class_weights="softmax"``: Eq. 3's class map instead)."""
+    return mask_wise_maps(outputs, image_size, mask_stride, (class_weights,))[class_weights]
 
 
 def eq3_score(outputs: Mapping, image_size: Sequence[int], mask_stride: int = 4) -> torch.Tensor:
-    """Mask-wise MSP, Eq. 3, ``1 - max_c y_hat_c`` at ``image_size`` → ``(N, H, W)`` (the default
-    Mask2Anomaly score; no extra channels, no flip)."""
-    return 1.0 - mask_wise_logits(outputs, image_size, mask_stride).amax(dim=1)
+    """Mask-wise MSP, Eq. 3, ``1 - max_c Σ_q softmax(c_q)_c·sigmoid(m_q)`` at ``image_size`` →
+    ``(N, H, W)`` (the default Mask2Anomaly score; no extra channels, no flip)."""
+    return 1.0 - mask_wise_logits(outputs, image_size, mask_stride, "softmax").amax(dim=1)
 
 
 def mask_scores(outputs: Mapping, image_size: Sequence[int], alpha: float = 1.0, mask_stride: int = 4,
-                names: Sequence[str] = MASK_SCORES) -> dict[str, torch.Tensor]:
-    """Scores of the mask-wise logits at ``image_size``, each ``(N, H, W)``, higher = more anomalous:
-    ``mask_msp`` (Eq. 3), ``energy`` (Eq. 4, ``-logsumexp y_hat``), ``entropy`` (Eq. 5, of
-    ``softmax(y_hat)``) and ``eel`` (Eq. 6, ``α·H - E``)."""
+                names: Sequence[str] = MASK_SCORES, class_weights: str = "raw") -> dict[str, torch.Tensor]:
+    """Scores of a mask model's outputs at ``image_size``, each ``(N, H, W)``, higher = more
+    anomalous: ``mask_msp`` (Eq. 3, softmaxed class weights) and, on the mask-wise logits
+    (``class_weights``, raw by default), ``energy`` (Eq. 4, ``-logsumexp y_hat``), ``entropy``
+    (Eq. 5, of ``softmax(y_hat)``) and ``eel`` (Eq. 6, ``α·H - E``)."""
     unknown = [name for name in names if name not in MASK_SCORES]
     if unknown:
         raise ValueError(f"unknown mask score {unknown[0]!r}; choose from {', '.join(MASK_SCORES)}")
-    semantic = mask_wise_logits(outputs, image_size, mask_stride)
-    maps = all_scores(semantic, alpha=alpha)
-    maps["mask_msp"] = 1.0 - semantic.amax(dim=1)
+    logit_scores = [name for name in names if name != "mask_msp"]
+    needed = [class_weights] * bool(logit_scores) + ["softmax"] * ("mask_msp" in names)
+    if not needed:
+        return {}
+    class_maps = mask_wise_maps(outputs, image_size, mask_stride, needed)
+    maps = all_scores(class_maps[class_weights], alpha=alpha) if logit_scores else {}
+    if "mask_msp" in names:
+        maps["mask_msp"] = 1.0 - class_maps["softmax"].amax(dim=1)
     return {name: maps[name] for name in names}
 
 

@@ -39,7 +39,7 @@ from ..errors import DiffeelError
 from ..labels import NUM_CLASSES, VOID
 from ..losses import EEL_WEIGHT, _pooled, eel_loss, split_train_labels
 from ..models.mask2anomaly_inference import check_mask_outputs
-from ..scores import mask_logits
+from ..scores import MASK_CLASS_WEIGHTS, mask_logits
 
 __all__ = [
     "MASK_LOSS_DEFAULTS",
@@ -72,6 +72,7 @@ MASK_LOSS_DEFAULTS: dict[str, Any] = {
     "contrastive_void_as_inlier": False,  # True: void pixels in the inlier term, as Mask2Anomaly's code
     "anomaly_on_aux": True,  # the anomaly term on every prediction set, as Mask2Anomaly's code
     "eel_resolution": "label",  # "label": Eq. 7 at every label pixel; "mask": at the mask grid
+    "eel_logits": "raw",  # the mask-wise logits of L_eel: "raw" c^T·sigmoid(m) (the paper's), "softmax" (ablation)
     "mask_stride": 4,  # pred_masks are at 1/mask_stride of the padded input
 }
 ANOMALY_TERMS = {"m2a": "contrastive", "m2a+eel": "eel"}
@@ -324,7 +325,7 @@ def mask_contrastive_loss(
     Its code counts void pixels as inliers; here void enters no loss (method.md) unless
     ``void_as_inlier=True``.
     """
-    semantic = mask_logits(pred_logits, pred_masks)
+    semantic = mask_logits(pred_logits, pred_masks, "softmax")
     score = -semantic.amax(dim=1, keepdim=True)
     score = _to_label_grid(score, tuple(labels.shape[-2:]), mask_stride)[:, 0]
     anomaly_mask, inlier_mask = split_train_labels(labels, semantic.shape[1])
@@ -343,11 +344,13 @@ def mask_eel_loss(
     inlier_entropy: str = "confident",
     mask_stride: int = 4,
     resolution: str = "label",
+    class_weights: str = "raw",
 ) -> torch.Tensor:
     """Eq. 7 (:func:`diffeel.losses.eel_loss`) on the mask-wise logits of Eq. 10.
 
-    ``y_hat = Σ_q softmax(c_q)[:C] · sigmoid(m_q)`` (:func:`diffeel.scores.mask_logits`), used
-    directly as the logits of Eq. 4/5, as method.md and the paper define them for mask models.
+    ``y_hat = Σ_q c_q[:C] · sigmoid(m_q)`` with the raw class logits (:func:`diffeel.scores.mask_logits`),
+    used directly as the logits of Eq. 4/5, as method.md and the paper define them for mask models;
+    ``class_weights="softmax"`` weights the masks with ``softmax(c_q)[:C]`` instead (an ablation).
     ``resolution="label"`` (default): ``y_hat`` bilinearly upsampled to the padded input, the
     padding cut off, Eq. 7 over every labelled pixel (the paper's image lattice; bilinear
     upsampling commutes with the sum over queries, so this is the semantic map of the upsampled
@@ -356,7 +359,7 @@ def mask_eel_loss(
     """
     if resolution not in ("label", "mask"):
         raise ValueError(f"resolution must be 'label' or 'mask', got {resolution!r}")
-    semantic = mask_logits(pred_logits, pred_masks)
+    semantic = mask_logits(pred_logits, pred_masks, class_weights)
     if resolution == "label":
         semantic = _to_label_grid(semantic, tuple(labels.shape[-2:]), mask_stride)
     else:
@@ -409,6 +412,7 @@ class SetCriterion(nn.Module):
         alpha: float = 1.0,
         inlier_entropy: str = "confident",
         eel_resolution: str = "label",
+        eel_logits: str = "raw",
         anomaly_on_aux: bool = True,
         mask_stride: int = 4,
     ):
@@ -423,6 +427,8 @@ class SetCriterion(nn.Module):
             raise ValueError(f"eel_resolution must be 'label' or 'mask', got {eel_resolution!r}")
         if inlier_entropy not in ("confident", "paper"):
             raise ValueError(f"inlier_entropy must be 'confident' or 'paper', got {inlier_entropy!r}")
+        if eel_logits not in MASK_CLASS_WEIGHTS:
+            raise ValueError(f"eel_logits must be one of {', '.join(MASK_CLASS_WEIGHTS)}, got {eel_logits!r}")
         self.num_classes = num_classes
         self.matcher = matcher or HungarianMatcher(class_weight, mask_weight, dice_weight, num_points)
         self.class_weight, self.mask_weight, self.dice_weight = class_weight, mask_weight, dice_weight
@@ -440,6 +446,7 @@ class SetCriterion(nn.Module):
         self.alpha = alpha
         self.inlier_entropy = inlier_entropy
         self.eel_resolution = eel_resolution
+        self.eel_logits = eel_logits
         self.anomaly_on_aux = anomaly_on_aux
         self.mask_stride = mask_stride
         empty_weight = torch.ones(num_classes + 1)
@@ -492,7 +499,8 @@ class SetCriterion(nn.Module):
     def _anomaly_term(self, logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.anomaly_loss == "contrastive":
             return mask_contrastive_loss(logits, masks, labels, self.margin, self.mask_stride, self.void_as_inlier)
-        return mask_eel_loss(logits, masks, labels, self.alpha, self.inlier_entropy, self.mask_stride, self.eel_resolution)
+        return mask_eel_loss(logits, masks, labels, self.alpha, self.inlier_entropy, self.mask_stride, self.eel_resolution,
+                             self.eel_logits)
 
     def set_losses(self, outputs: Mapping, labels: torch.Tensor, targets: list[dict], num_masks: torch.Tensor,
                    generator: torch.Generator | None = None, anomaly: bool = True) -> dict[str, torch.Tensor]:
@@ -573,6 +581,7 @@ def build_criterion(config: Any) -> SetCriterion:
             alpha=_setting(config, "alpha", 1.0),
             inlier_entropy=_setting(config, "inlier_entropy", "confident"),
             eel_resolution=settings["eel_resolution"],
+            eel_logits=settings["eel_logits"],
             anomaly_on_aux=bool(settings["anomaly_on_aux"]),
             mask_stride=settings["mask_stride"],
         )

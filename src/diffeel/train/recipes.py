@@ -71,9 +71,11 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
     "m2a+eel": (
         TrainConfig("m2a+eel", steps=4000, loss="m2a+eel", batch_size=8, optimizer="adamw", lr=1e-5, weight_decay=0.05, poly_power=0.9,
                     clip=0.01, crop=[380, 760], synthesizer="placement", paste_probability=0.2, anomaly_weight=0.05, alpha=1.0,
-                    mask_loss=dict(_MASK2ANOMALY_LOSS), save_every=500),
+                    mask_loss={**_MASK2ANOMALY_LOSS, "eel_logits": "raw"}, save_every=500),
         {"steps": "paper V-A: 4,000 iterations", "lr": "paper V-A", "weight_decay": "paper V-A", "batch_size": "paper V-A",
-         "anomaly_weight": "paper: λ = 0.05 (Eq. 10)", "mask_loss": "paper: λ_ce = 1; matcher/loss weights inherited from Mask2Anomaly",
+         "anomaly_weight": "paper: λ = 0.05 (Eq. 10)",
+         "mask_loss": "paper: λ_ce = 1; eel_logits raw: L_eel on y_hat = c^T·Sigmoid(m) with raw class logits (paper IV-B, "
+                      "method.md); matcher/loss weights inherited from Mask2Anomaly",
          "clip": "inherited from Mask2Anomaly", "crop": "inherited from Mask2Anomaly", "paste_probability": "inherited from Mask2Anomaly"},
     ),
     "demo-closed": (
