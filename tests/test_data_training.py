@@ -259,6 +259,29 @@ def test_coco_limit_is_a_seeded_nested_subset(tmp_path):
         CocoOutliers(tmp_path, limit=0)
 
 
+def test_coco_proxy_set_is_redrawn_every_epoch(tmp_path):
+    """RPL draws a new proxy set of its filtered COCO images every epoch: over 40 epochs of 5 of 40
+    images, nearly every image is seen (1 - (35/40)^40 = 99.5 % expected), and each epoch's set is
+    a function of (seed, epoch) alone."""
+    names = many_images(tmp_path, 40)
+    outliers = CocoOutliers(tmp_path, proxy_size=5, seed=3)
+    assert len(outliers) == 40
+    epochs = [outliers.for_epoch(epoch).file_names for epoch in range(40)]
+    assert all(len(chosen) == 5 and len(set(chosen)) == 5 and set(chosen) <= set(names) for chosen in epochs)
+    assert epochs[0] != epochs[1]
+    assert CocoOutliers(tmp_path, proxy_size=5, seed=3).for_epoch(7).file_names == epochs[7]
+    assert CocoOutliers(tmp_path, proxy_size=5, seed=4).for_epoch(7).file_names != epochs[7]
+    assert len(set().union(*epochs)) >= 36
+    assert len(CocoOutliers(tmp_path, proxy_size=40).for_epoch(3)) == 40  # a proxy as large as the set is the set
+    half = CocoOutliers(tmp_path, pool=0.5, proxy_size=5, seed=3)
+    assert len(half) == 20 and set(half.file_names) <= set(names)
+    assert set(half.for_epoch(2).file_names) <= set(half.file_names)
+    with pytest.raises(DiffeelError, match="proxy_size must be a positive whole number"):
+        CocoOutliers(tmp_path, proxy_size=0)
+    with pytest.raises(DiffeelError, match="pool must be a share"):
+        CocoOutliers(tmp_path, pool=0)
+
+
 def write_json(root, data):
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     path = root / "annotations" / "instances_train2017.json"

@@ -195,6 +195,34 @@ def test_validation_scores_the_residual_module_being_trained(data, tmp_path):
     assert validations[0] != validations[-1]
 
 
+def test_each_epoch_pastes_from_its_own_coco_proxy_set(data, tmp_path):
+    """Items of epoch e paste objects of epoch e's proxy set (one image per epoch here), so the
+    outliers change with the epoch as in RPL, whoever decodes the item."""
+    from diffeel.data.cityscapes import read_cityscapes_frame
+    from diffeel.synth import RPLMixSynthesizer
+    from diffeel.synth.coco import CocoOutliers
+    from diffeel.train.data import CityscapesTraining, augment_frame
+    from diffeel.train.recipes import outlier_source
+
+    coco_tree(tmp_path / "coco", np.random.default_rng(5))
+    outliers = CocoOutliers(tmp_path / "coco", proxy_size=1, seed=0)
+    chosen = {epoch: outliers.for_epoch(epoch).file_names[0] for epoch in range(12)}
+    first, other = 0, next(epoch for epoch in chosen if chosen[epoch] != chosen[0])
+    synthesizer = RPLMixSynthesizer(outliers, scales=(1.0,))
+    dataset = CityscapesTraining(data / "cityscapes", seed=0, synthesizer=synthesizer)
+    image, label = read_cityscapes_frame(dataset.frames[0])
+    for epoch, wrong in ((first, other), (other, first)):
+        item_image, item_label = dataset[(epoch, 0)]
+        rng = lambda: np.random.default_rng([0, epoch, 0])  # noqa: E731
+        expected = augment_frame(image, label, rng(), synthesizer=synthesizer.for_epoch(epoch))
+        wrong_epoch = augment_frame(image, label, rng(), synthesizer=synthesizer.for_epoch(wrong))
+        assert np.array_equal(item_image.permute(1, 2, 0).numpy(), expected[0]) and np.array_equal(item_label.numpy(), expected[1])
+        assert not np.array_equal(item_image.permute(1, 2, 0).numpy(), wrong_epoch[0])
+    source = outlier_source(config(synthesizer="rpl-mix"), coco=tmp_path / "coco", inlier_frames=2)
+    assert len(source) == 3 and len(source.for_epoch(0)) == 2  # the whole filtered set, 2 of it per epoch
+    assert len(outlier_source(config(synthesizer="rpl-mix", object_pool=0.5), coco=tmp_path / "coco", inlier_frames=2)) == 2
+
+
 def run(*args):
     with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
         code = main([str(a) for a in args])

@@ -19,13 +19,17 @@ reads unchanged:
 
 RPL shuffles those masks and keeps ``proxy_size`` of them: 5000 when none is given, but its
 Cityscapes–COCO mix (``rpl.code/dataset/cityscapes_coco.py``) passes the number of Cityscapes
-training frames (2975); Meta-OoD keeps a tenth of that number.
+training frames (2975); Meta-OoD keeps a tenth of that number. RPL builds that mix anew in every
+epoch (``get_mix_loader`` inside its epoch loop), so each epoch draws another 2975 of the ~46.7k
+filtered images, and each frame pastes one of them drawn uniformly; over 40 epochs it sees most of
+the set. :meth:`CocoOutliers.for_epoch` does the same, seeded by ``(seed, epoch)``.
 
 Here nothing is written to disk: the filtered index is built once from the annotation file (not
 from the image folder, so a missing image is reported when drawn) and each object is decoded when
 drawn. An image left with no instance holds no outlier pixel, so it is dropped rather than kept
 empty; ``min_instance_area`` (0, Meta-OoD's choice, keeps every instance) compares the annotation's
-``area``; ``limit`` draws its subset with a seed.
+``area``; ``limit`` (a number of images) or ``pool`` (a share of them) keeps a seeded subset for
+every epoch; ``proxy_size`` draws each epoch's proxy set from what is kept.
 """
 
 from __future__ import annotations
@@ -133,7 +137,7 @@ class CocoOutliers:
     def __init__(self, root: str | os.PathLike, split: str = "train2017", *,
                  min_instance_area: float = MIN_INSTANCE_AREA, min_image_size: int = MIN_IMAGE_SIZE,
                  exclude: Iterable[int] = COCO_CITYSCAPES_OVERLAP, height_range: tuple[float, float] = (0.3, 2.0),
-                 limit: int | None = None, seed: int = 0):
+                 limit: int | None = None, pool: float = 1.0, proxy_size: int | None = None, seed: int = 0):
         root = Path(root)
         if not root.is_dir():
             raise DiffeelError(f"COCO root {root} does not exist")
@@ -148,8 +152,12 @@ class CocoOutliers:
             low = high = math.nan
         if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
             raise DiffeelError(f"height_range {tuple(height_range)!r} is invalid (need 0 < min <= max, in metres)")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
-            raise DiffeelError(f"limit must be a positive whole number of images or None, got {limit!r}")
+        for name, value in (("limit", limit), ("proxy_size", proxy_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+                raise DiffeelError(f"{name} must be a positive whole number of images or None, got {value!r}")
+        if not 0 < pool <= 1:
+            raise DiffeelError(f"pool must be a share in (0, 1], got {pool!r}")
+        self.proxy_size, self.seed = proxy_size, seed
         self.height_range = (low, high)
         self.min_instance_area = float(min_instance_area)
         self.min_image_size = int(min_image_size)
@@ -159,6 +167,8 @@ class CocoOutliers:
             raise DiffeelError(f"exclude must list COCO category ids, got {exclude!r}") from None
 
         images = self._filter(_load_json(self.annotation_path))
+        if pool < 1:
+            limit = min(limit or len(images), max(1, round(pool * len(images))))
         if limit is not None and limit < len(images):
             # A prefix of one seeded permutation: the subsets of a seed are nested.
             keep = np.random.default_rng(seed).permutation(len(images))[:limit]
@@ -257,3 +267,34 @@ class CocoOutliers:
     def sample(self, rng: np.random.Generator) -> BankObject:
         """One object drawn uniformly with ``rng``."""
         return self[int(rng.integers(len(self._images)))]
+
+    def for_epoch(self, epoch: int) -> "CocoOutliers | EpochProxySet":
+        """The objects of ``epoch``: ``proxy_size`` of the kept images, the first of a permutation
+        seeded by ``(seed, epoch)``, as RPL redraws its COCO proxy set every epoch (all of them
+        without a ``proxy_size``, or when it is not smaller)."""
+        if self.proxy_size is None or self.proxy_size >= len(self):
+            return self
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self))
+        return EpochProxySet(self, order[: self.proxy_size])
+
+
+class EpochProxySet:
+    """One epoch's COCO proxy set: some of a :class:`CocoOutliers`' images, drawn from uniformly."""
+
+    def __init__(self, outliers: CocoOutliers, indices: np.ndarray):
+        self.outliers, self.indices = outliers, np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> BankObject:
+        return self.outliers[int(self.indices[index])]
+
+    @property
+    def file_names(self) -> list[str]:
+        names = self.outliers.file_names
+        return [names[i] for i in self.indices]
+
+    def sample(self, rng: np.random.Generator) -> BankObject:
+        """One object of this epoch's set, drawn uniformly with ``rng``."""
+        return self[int(rng.integers(len(self.indices)))]

@@ -17,6 +17,7 @@ The stages are separate so the paper's components plug in one at a time (``metho
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -111,6 +112,16 @@ class Synthesizer(ABC):
     @abstractmethod
     def synthesize(self, image, train_ids, rng) -> SynthesisResult:
         """Like calling the synthesizer, but also reports what was pasted where."""
+
+    def for_epoch(self, epoch: int) -> "Synthesizer":
+        """This synthesizer over its object source's objects of ``epoch``, for a source whose pool
+        changes every epoch (one with ``for_epoch``, like RPL's COCO proxy set); itself otherwise."""
+        source_for_epoch = getattr(getattr(self, "bank", None), "for_epoch", None)
+        if source_for_epoch is None:
+            return self
+        view = copy.copy(self)
+        view.bank = source_for_epoch(epoch)
+        return view
 
 
 class CopyPasteSynthesizer(Synthesizer):

@@ -85,7 +85,10 @@ class CityscapesTraining(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = item
         image, label = read_cityscapes_frame(self.frames[index])
-        image, label = augment_frame(image, label, np.random.default_rng([self.seed, epoch, index]), **self.options)
+        options = dict(self.options)
+        if options["synthesizer"] is not None:  # its objects may change with the epoch (RPL's COCO proxy set)
+            options["synthesizer"] = options["synthesizer"].for_epoch(epoch)
+        image, label = augment_frame(image, label, np.random.default_rng([self.seed, epoch, index]), **options)
         return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label.astype(np.int64))
 
 

@@ -46,7 +46,7 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
                     anomaly_weight=0.05, photometric=False, save_every=RPL_ITERATIONS_PER_EPOCH),
         {"steps": "RPL code: 40 epochs × 371 iterations", "lr": "RPL code (its README says 7.5e-6)",
          "head_lr_multiplier": "RPL code: atten_aspp_final at 10× lr", "optimizer": "RPL code: Adam, no weight decay",
-         "clip": "RPL code: no clipping", "crop": "RPL code: 700×700 crops", "synthesizer": "RPL code: COCO outliers, random scale and position",
+         "clip": "RPL code: no clipping", "crop": "RPL code: 700×700 crops", "synthesizer": "RPL code: COCO outliers (a new proxy set of 2,975 filtered images every epoch), random scale and position",
          "photometric": "RPL code: flip and crop only",
          "anomaly_weight": "RPL code: 0.05 · energy hinge"},
     ),
@@ -294,9 +294,9 @@ def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Mod
 
 def outlier_source(config: TrainConfig, *, coco=None, objects=None, inlier_frames: int):
     """Where pasted objects come from: an object bank folder (world debris, diffusion objects, any
-    cut-outs), COCO filtered as RPL / Meta-OoD do (``inlier_frames`` images of it, as RPL's COCO
-    proxy size is the number of Cityscapes training frames), or both pooled, as the paper's 44,500
-    objects pool generated and COCO ones; each times ``object_pool``."""
+    cut-outs), COCO filtered as RPL / Meta-OoD do (a new proxy set of ``inlier_frames`` images of it
+    every epoch, as RPL's COCO proxy size is the number of Cityscapes training frames), or both
+    pooled, as the paper's 44,500 objects pool generated and COCO ones; each times ``object_pool``."""
     if coco is None and objects is None:
         raise DiffeelError("give the outlier objects: --coco (a COCO root), --objects (an object bank folder), or both")
     sources = []
@@ -308,7 +308,7 @@ def outlier_source(config: TrainConfig, *, coco=None, objects=None, inlier_frame
     if coco is not None:
         from ..synth.coco import CocoOutliers
 
-        sources.append(CocoOutliers(coco, limit=max(1, round(config.object_pool * inlier_frames)), seed=config.seed))
+        sources.append(CocoOutliers(coco, pool=config.object_pool, proxy_size=inlier_frames, seed=config.seed))
     return sources[0] if len(sources) == 1 else PooledSource(sources)
 
 
@@ -321,6 +321,10 @@ class PooledSource:
 
     def __len__(self) -> int:
         return int(self.sizes.sum())
+
+    def for_epoch(self, epoch: int) -> "PooledSource":
+        """The pool of each source's objects of ``epoch`` (see :meth:`Synthesizer.for_epoch`)."""
+        return PooledSource([source.for_epoch(epoch) if hasattr(source, "for_epoch") else source for source in self.sources])
 
     def sample(self, rng):
         index = int(rng.integers(len(self)))
