@@ -223,6 +223,59 @@ def test_each_epoch_pastes_from_its_own_coco_proxy_set(data, tmp_path):
     assert len(outlier_source(config(synthesizer="rpl-mix", object_pool=0.5), coco=tmp_path / "coco", inlier_frames=2)) == 2
 
 
+def anomaly_crop_share(crop_around_anomaly: bool, samples: int = 40) -> float:
+    """The share of crops holding anomaly pixels when objects are placed on a Cityscapes-like frame
+    (2:1, road below the horizon, 0.5-1.5 m objects) before a crop of 0.34 × its width, as
+    rpl+eel's 700×700 crops of 2048×1024 frames."""
+    from diffeel.labels import ANOMALY_TRAIN_ID
+    from diffeel.synth import BankObject, CopyPasteSynthesizer, ObjectBank
+    from diffeel.train.data import augment_frame
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (256, 512, 3), dtype=np.uint8)
+    label = np.full((256, 512), 10, np.uint8)  # sky
+    label[100:125] = 2  # buildings
+    label[125:] = 0  # road
+    objects = [BankObject(np.full((24, 16, 3), 40 * k, np.uint8), np.ones((24, 16), bool), "debris", (0.5, 1.5), str(k))
+               for k in range(3)]
+    synthesizer = CopyPasteSynthesizer(ObjectBank(objects), harmonize=False)
+    held = 0
+    for sample in range(samples):
+        _, cropped = augment_frame(image, label, np.random.default_rng([1, sample]), crop=(175, 175), synthesizer=synthesizer,
+                                   paste_before_crop=True, crop_around_anomaly=crop_around_anomaly)
+        held += bool((cropped == ANOMALY_TRAIN_ID).any())
+    return held / samples
+
+
+def test_crops_hold_the_placed_anomaly():
+    """Placed on the whole view and then cropped at random, many crops miss the object; chosen
+    around a placed object, (nearly) every crop holds anomaly pixels, as RPL's do."""
+    random_crops, kept = anomaly_crop_share(False), anomaly_crop_share(True)
+    assert kept >= 0.95 and random_crops < 0.8
+
+
+def test_a_crop_window_holds_the_box_it_must_keep():
+    from diffeel.train.data import random_crop
+
+    image = np.arange(60 * 80 * 3, dtype=np.int64).reshape(60, 80, 3) % 251
+    label = np.zeros((60, 80), np.uint8)
+    label[40:46, 70:76] = 254
+    for seed in range(30):
+        _, cropped = random_crop(image, label, (20, 20), np.random.default_rng(seed), keep=(40, 70, 6, 6))
+        assert (cropped == 254).sum() == 36  # the whole box, wherever the window lands
+    label[:] = 0
+    label[10:50, 30:70] = 254  # a box larger than the window: the window is centred on it
+    _, cropped = random_crop(image, label, (20, 20), np.random.default_rng(0), keep=(10, 30, 40, 40))
+    assert (cropped == 254).all()
+
+
+def test_the_training_log_reports_the_share_of_crops_with_anomalies(data, tmp_path):
+    train_on_cityscapes(config(steps=2), data / "cityscapes", tmp_path / "run", make_model(data), objects=data / "bank",
+                        device=torch.device("cpu"), progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [line["anomaly_crops"] for line in lines] == [1.0, 1.0]
+
+
 def run(*args):
     with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
         code = main([str(a) for a in args])

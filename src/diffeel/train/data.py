@@ -37,32 +37,67 @@ def photometric_jitter(image: np.ndarray, rng) -> np.ndarray:
     return (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def random_crop(image: np.ndarray, label: np.ndarray, crop, rng) -> tuple[np.ndarray, np.ndarray]:
+def _window_start(size: int, window: int, rng, keep: tuple[int, int] | None) -> int:
+    """A random start of a ``window`` in ``size``; with ``keep`` = (first, end), among the starts
+    whose window holds ``[first, end)``, or centred on it when it is longer than the window."""
+    if keep is None:
+        return int(rng.integers(0, size - window + 1))
+    first, end = keep
+    low, high = max(0, end - window), min(first, size - window)
+    if low <= high:
+        return int(rng.integers(low, high + 1))
+    return int(np.clip((first + end - window) // 2, 0, size - window))
+
+
+def random_crop(image: np.ndarray, label: np.ndarray, crop, rng, keep=None) -> tuple[np.ndarray, np.ndarray]:
     """A ``crop`` = (height, width) window at a random position; smaller frames are padded first
-    (image 0, label void), as RPL's ``random_crop_pad_to_shape`` does."""
+    (image 0, label void), as RPL's ``random_crop_pad_to_shape`` does. ``keep`` = (top, left,
+    height, width): a box the window must hold (as much of it as fits)."""
     rows, cols = max(crop[0], image.shape[0]), max(crop[1], image.shape[1])
     if (rows, cols) != image.shape[:2]:
         image = np.pad(image, ((0, rows - image.shape[0]), (0, cols - image.shape[1]), (0, 0)))
         label = np.pad(label, ((0, rows - label.shape[0]), (0, cols - label.shape[1])), constant_values=VOID)
-    top = int(rng.integers(0, rows - crop[0] + 1))
-    left = int(rng.integers(0, cols - crop[1] + 1))
+    box_top, box_left, box_height, box_width = keep if keep is not None else (None,) * 4
+    top = _window_start(rows, crop[0], rng, None if keep is None else (box_top, box_top + box_height))
+    left = _window_start(cols, crop[1], rng, None if keep is None else (box_left, box_left + box_width))
     return image[top : top + crop[0], left : left + crop[1]], label[top : top + crop[0], left : left + crop[1]]
 
 
+def _visible_box(placement, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A pasted object's box (top, left, height, width), clipped to the frame."""
+    top, left = max(0, placement.top), max(0, placement.left)
+    bottom, right = min(shape[0], placement.top + placement.height), min(shape[1], placement.left + placement.width)
+    return top, left, max(1, bottom - top), max(1, right - left)
+
+
 def augment_frame(image, label, rng, *, crop=None, synthesizer=None, paste_probability: float = 1.0,
-                  paste_before_crop: bool = False, photometric: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  paste_before_crop: bool = False, crop_around_anomaly: bool = False,
+                  photometric: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One training sample: horizontal flip (p = 0.5), random crop, pasted anomalies (with
     ``paste_probability``; on the full frame when ``paste_before_crop``, so that placement sees the
-    camera's whole view), photometric jitter. Draws from ``rng`` in that order."""
+    camera's whole view), photometric jitter. Draws from ``rng`` in that order.
+
+    ``crop_around_anomaly`` (with ``paste_before_crop``): the crop holds one pasted object, drawn
+    from those pasted, as RPL's crops always hold theirs (it pastes into the crop); a frame where
+    nothing could be placed is cropped at random."""
     if rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
     if crop and not paste_before_crop:
         image, label = random_crop(image, label, crop, rng)
+    keep = None
     # the draw is skipped when every frame is pasted, so such runs keep their random stream
     if synthesizer is not None and (paste_probability >= 1 or rng.random() < paste_probability):
-        image, label = synthesizer(np.ascontiguousarray(image), np.ascontiguousarray(label), rng)
+        image, label = np.ascontiguousarray(image), np.ascontiguousarray(label)
+        if crop and paste_before_crop and crop_around_anomaly:
+            result = synthesizer.synthesize(image, label, rng)  # where the objects went
+            image, label = result.image, result.labels
+            if result.objects:
+                chosen = result.objects[int(rng.integers(len(result.objects)))]
+                keep = _visible_box(chosen.placement, label.shape)
+        else:
+            image, label = synthesizer(image, label, rng)
     if crop and paste_before_crop:
-        image, label = random_crop(image, label, crop, rng)
+        image, label = random_crop(image, label, crop, rng, keep)
     if photometric:
         image = photometric_jitter(image, rng)
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
@@ -73,11 +108,12 @@ class CityscapesTraining(Dataset):
     ``(3, H, W)``, train ids ``(H, W)`` int64 with ``ANOMALY_TRAIN_ID`` where objects were pasted)."""
 
     def __init__(self, root, seed: int, *, split: str = "train", crop=None, synthesizer=None, paste_probability: float = 1.0,
-                 paste_before_crop: bool = False, photometric: bool = False):
+                 paste_before_crop: bool = False, crop_around_anomaly: bool = False, photometric: bool = False):
         self.frames = list_cityscapes(root, split)
         self.seed = seed
         self.options = {"crop": crop, "synthesizer": synthesizer, "paste_probability": paste_probability,
-                        "paste_before_crop": paste_before_crop, "photometric": photometric}
+                        "paste_before_crop": paste_before_crop, "crop_around_anomaly": crop_around_anomaly,
+                        "photometric": photometric}
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -86,7 +122,7 @@ class CityscapesTraining(Dataset):
         epoch, index = item
         image, label = read_cityscapes_frame(self.frames[index])
         options = dict(self.options)
-        if options["synthesizer"] is not None:  # its objects may change with the epoch (RPL's COCO proxy set)
+        if hasattr(options["synthesizer"], "for_epoch"):  # its objects may change with the epoch (RPL's COCO proxy set)
             options["synthesizer"] = options["synthesizer"].for_epoch(epoch)
         image, label = augment_frame(image, label, np.random.default_rng([self.seed, epoch, index]), **options)
         return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label.astype(np.int64))

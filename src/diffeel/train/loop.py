@@ -30,6 +30,7 @@ import torch
 from .. import losses as loss_functions
 from ..distributed import Distributed
 from ..errors import DiffeelError
+from ..labels import ANOMALY_TRAIN_ID
 from ..models.checkpoints import load_state, save_state
 
 LOSSES = ("closed", "rpl", "rpl+eel", "m2a", "m2a+eel")
@@ -54,6 +55,7 @@ class TrainConfig:
     poly_power: float = 0.9
     clip: float | None = 5.0  # gradient-norm clipping; None = none
     crop: list[int] | None = None  # (height, width) random crop; None = whole frames
+    crop_around_anomaly: bool = False  # objects placed on the whole frame: the crop holds one of them
     seed: int = 0
     save_every: int = 50
     # anomaly synthesis
@@ -264,7 +266,12 @@ def train(
             torch.manual_seed(step_torch_seed(config.seed, step))  # the same on every process: per-image sampling keys on it
             with torch.autocast(device.type, enabled=config.amp), pooled():
                 losses = loss_at(network, images, labels)
-            values = averaged(losses)
+            # the share of this step's crops that hold anomaly pixels (the global batch's: equal shares per process)
+            coverage = {}
+            if config.synthesizer != "none":
+                held = (labels == ANOMALY_TRAIN_ID).flatten(1).any(1).float().mean()
+                coverage["anomaly_crops"] = held.to(losses["total"].device)
+            values = averaged({**losses, **coverage})
             if not math.isfinite(values["total"]):
                 raise DiffeelError(f"the {config.recipe} loss became {values['total']} at step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)

@@ -52,13 +52,15 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
     ),
     "rpl+eel": (
         TrainConfig("rpl+eel", steps=30 * RPL_ITERATIONS_PER_EPOCH, loss="rpl+eel", batch_size=8, optimizer="adam", lr=5e-5,
-                    head_lr_multiplier=10.0, weight_decay=0.0, poly_power=0.9, clip=None, crop=[700, 700], synthesizer="placement",
-                    anomaly_weight=0.05, alpha=1.0, photometric=False, save_every=RPL_ITERATIONS_PER_EPOCH),
+                    head_lr_multiplier=10.0, weight_decay=0.0, poly_power=0.9, clip=None, crop=[700, 700], crop_around_anomaly=True,
+                    synthesizer="placement", anomaly_weight=0.05, alpha=1.0, photometric=False, save_every=RPL_ITERATIONS_PER_EPOCH),
         {"steps": "paper V-A: 30 epochs (371 iterations each, as RPL)", "lr": "paper V-A", "poly_power": "paper V-A: poly decay (power as RPL)",
          "anomaly_weight": "paper: λ = 0.05 (Eq. 8)", "alpha": "paper: α = 1", "synthesizer": "paper IV-A: placement + harmonization",
          "inlier_entropy": "inlier entropy pushed down, as the paper's text intends ('paper': Eq. 7's printed sign)",
          "optimizer": "inherited from RPL", "head_lr_multiplier": "inherited from RPL", "batch_size": "inherited from RPL",
-         "crop": "inherited from RPL", "clip": "inherited from RPL", "photometric": "inherited from RPL"},
+         "crop": "inherited from RPL", "clip": "inherited from RPL", "photometric": "inherited from RPL",
+         "crop_around_anomaly": "RPL's crops always hold the pasted object (it pastes into the crop); placement needs the "
+                                "whole view, so the crop is chosen around a placed object"},
     ),
     "m2a": (
         TrainConfig("m2a", steps=5000, loss="m2a", batch_size=8, optimizer="adamw", lr=1e-5, weight_decay=0.05, poly_power=0.9,
@@ -70,13 +72,16 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
     ),
     "m2a+eel": (
         TrainConfig("m2a+eel", steps=4000, loss="m2a+eel", batch_size=8, optimizer="adamw", lr=1e-5, weight_decay=0.05, poly_power=0.9,
-                    clip=0.01, crop=[380, 760], synthesizer="placement", paste_probability=0.2, anomaly_weight=0.05, alpha=1.0,
+                    clip=0.01, crop=[380, 760], crop_around_anomaly=True, synthesizer="placement", paste_probability=0.2,
+                    anomaly_weight=0.05, alpha=1.0,
                     mask_loss={**_MASK2ANOMALY_LOSS, "eel_logits": "raw"}, save_every=500),
         {"steps": "paper V-A: 4,000 iterations", "lr": "paper V-A", "weight_decay": "paper V-A", "batch_size": "paper V-A",
          "anomaly_weight": "paper: λ = 0.05 (Eq. 10)",
          "mask_loss": "paper: λ_ce = 1; eel_logits raw: L_eel on y_hat = c^T·Sigmoid(m) with raw class logits (paper IV-B, "
                       "method.md); matcher/loss weights inherited from Mask2Anomaly",
-         "clip": "inherited from Mask2Anomaly", "crop": "inherited from Mask2Anomaly", "paste_probability": "inherited from Mask2Anomaly"},
+         "clip": "inherited from Mask2Anomaly", "crop": "inherited from Mask2Anomaly", "paste_probability": "inherited from Mask2Anomaly",
+         "crop_around_anomaly": "diffeel: the crop keeps a placed object, as for rpl+eel (Mask2Anomaly's own pastes may be "
+                                "cropped away)"},
     ),
     "demo-closed": (
         TrainConfig("closed", steps=900, loss="closed", batch_size=8, optimizer="adamw", lr=3e-3, weight_decay=1e-4, clip=5.0),
@@ -375,6 +380,7 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
     # placement needs the camera's whole view, and Mask2Anomaly pastes before augmenting: both paste first
     dataset = CityscapesTraining(cityscapes, config.seed, crop=config.crop, paste_probability=config.paste_probability,
                                  paste_before_crop=config.synthesizer == "placement" or config.loss in MASK_LOSSES,
+                                 crop_around_anomaly=config.crop_around_anomaly,
                                  photometric=config.photometric)
     source = None if config.synthesizer == "none" else outlier_source(config, coco=coco, objects=objects, inlier_frames=len(dataset))
     dataset.options["synthesizer"] = build_synthesizer(config, source=source)
