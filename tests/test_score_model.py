@@ -159,6 +159,35 @@ def test_mask_model_scores_eq3_and_the_official_script(setup, tmp_path):
     assert code == 2 and "takes no --smooth or --size" in err
 
 
+def test_m2a_protocol_scores_at_the_official_scale(setup, tmp_path):
+    """--protocol m2a --flip brings images to the model as Mask2Anomaly's evaluation does (short
+    side 1024, PIL bilinear, flip averaged): with no query confident enough for the official extra
+    channels, Eq. 3 under this protocol is the official score, map for map; the native maps differ."""
+    from diffeel.models.mask2anomaly_inference import official_kept_queries, official_resize
+
+    common = mask_model_command(setup, tmp_path)
+    code, _, err = run(*common, "--scores", "msp,eel", "--protocol", "m2a", "--flip", "--out", tmp_path / "m2a")
+    assert code == 0, err
+    assert run(*common, "--inference", "anomaly_inference", "--out", tmp_path / "official")[0] == 0
+    assert run(*common, "--scores", "msp", "--out", tmp_path / "native")[0] == 0
+    config = json.loads((tmp_path / "m2a" / "score_config.json").read_text())
+    assert config["protocol"] == "m2a" and config["flip"] is True
+    model = create_model("mask2anomaly_r50", checkpoint=tmp_path / "m2a.pth", **TINY_MASK)
+    for image_path in sorted((setup / "bench" / "images").iterdir()):
+        resized = official_resize(read_image(image_path))
+        assert min(resized.shape[:2]) == 1024
+        with torch.inference_mode():
+            for image in (resized, resized[:, ::-1]):
+                logits = model(torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float())["pred_logits"][0]
+                assert len(official_kept_queries(logits)) == 0
+        name = f"{image_path.stem}.npy"
+        protocol, official = np.load(tmp_path / "m2a" / "msp" / name), np.load(tmp_path / "official" / "anomaly_inference" / name)
+        np.testing.assert_allclose(protocol, official, atol=2e-5)  # channels-last rounding
+        assert not np.allclose(np.load(tmp_path / "native" / "msp" / name), protocol, atol=1e-3)
+    code, _, err = run(*common, "--protocol", "m2a", "--size", "64x32", "--out", tmp_path / "bad")
+    assert code == 2 and "takes no --size" in err
+
+
 def test_bfloat16_precision_is_recorded_close_and_float16_needs_cuda(setup, tmp_path):
     """--precision bfloat16 runs the forward under autocast: maps close to float32's but not the
     same bits (the switch is real), recorded in score_config.json, so that a float32 rerun into

@@ -1,9 +1,11 @@
 """Run a segmentation model over a benchmark and write anomaly score maps that ``diffeel eval`` reads.
 
 Per frame: the image as RGB / 255 (ImageNet-normalised unless the model asks otherwise), at full
-resolution or ``size``; the model's scoring logits (RPL's ``out2``) resized to the label's
-resolution; each requested score (Eqs. 2, 4–6); optionally RPL's Gaussian blur; one file per
-score and frame, ``{out}/{score}/{frame id}.npy``, written atomically.
+resolution or ``size`` (or, with ``protocol="m2a"``, resized as Mask2Anomaly's evaluation does:
+short side 1024, long side at most 2048, PIL bilinear); the model's scoring logits (RPL's
+``out2``) resized to the label's resolution; each requested score (Eqs. 2, 4–6); optionally the
+average with the scores of the left-right flip (``flip``, flipped back) and RPL's Gaussian blur;
+one file per score and frame, ``{out}/{score}/{frame id}.npy``, written atomically.
 
 Frames are grouped into batches of consecutive frames of one size *before* anything is split
 between processes or skipped, and batch ``i`` runs on rank ``i mod world size``: every batch is
@@ -32,10 +34,11 @@ from .errors import DiffeelError
 from .metrics import PixelMetrics
 from .models import input_normalization, is_mask_model, normalise, scoring_logits
 from .models.loading import PRECISIONS, forward_precision
-from .models.mask2anomaly_inference import OFFICIAL_SCRIPT, mask_wise_maps
+from .models.mask2anomaly_inference import OFFICIAL_SCRIPT, mask_wise_maps, official_resize
 from .scores import MASK_CLASS_WEIGHTS, SCORES, compute_score, gaussian_smooth
 
 CONFIG_NAME = "score_config.json"
+INPUT_PROTOCOLS = ("native", "m2a")
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,14 @@ class ScoreSettings:
     inference: str = "default"  # mask models: "anomaly_inference" = Mask2Anomaly's official script's score
     precision: str = "float32"  # the forward's: float32, bfloat16 (autocast) or float16 (autocast, CUDA)
     mask_logits: str = "raw"  # mask models: the class weights of the logits energy / entropy / EEL use (msp: always softmax)
+    protocol: str = "native"  # the input's size: "native" (or ``size``), "m2a" (Mask2Anomaly's evaluation resizing)
+    flip: bool = False  # average each score with the left-right flip's (Mask2Anomaly's evaluation does)
 
     def __post_init__(self):
+        if self.protocol not in INPUT_PROTOCOLS:
+            raise DiffeelError(f"protocol must be one of {', '.join(INPUT_PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol == "m2a" and self.size is not None:
+            raise DiffeelError("--protocol m2a resizes as Mask2Anomaly's evaluation does; it takes no --size")
         if self.mask_logits not in MASK_CLASS_WEIGHTS:
             raise DiffeelError(f"mask_logits must be one of {', '.join(MASK_CLASS_WEIGHTS)}, got {self.mask_logits!r}")
         if self.precision not in PRECISIONS:
@@ -58,9 +67,9 @@ class ScoreSettings:
         if self.inference not in ("default", OFFICIAL_SCRIPT):
             raise DiffeelError(f"inference must be default or {OFFICIAL_SCRIPT}, got {self.inference!r}")
         if self.inference == OFFICIAL_SCRIPT:
-            if self.smooth != "none" or self.size is not None:
+            if self.smooth != "none" or self.size is not None or self.protocol != "native" or self.flip:
                 raise DiffeelError(f"--inference {OFFICIAL_SCRIPT} resizes and scores as Mask2Anomaly's script does; "
-                                   "it takes no --smooth or --size")
+                                   "it takes no --smooth, --size, --protocol or --flip")
             object.__setattr__(self, "scores", (OFFICIAL_SCRIPT,))
             return
         unknown = [s for s in self.scores if s not in SCORES]
@@ -128,6 +137,8 @@ def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings:
               "frames": len(frames)}
     if is_mask_model(model) and settings.inference != OFFICIAL_SCRIPT:
         config["mask_logits"] = settings.mask_logits  # maps made with the other class weights must not mix with these
+    if settings.protocol != "native" or settings.flip:  # recorded when set, so folders made before these options still resume
+        config.update(protocol=settings.protocol, flip=settings.flip)
     if not overwrite:
         _check_config(out_dir, config)
     if context.is_main:
@@ -160,10 +171,26 @@ def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: s
     "anomaly_inference"`` runs Mask2Anomaly's official scoring instead (its own resizing and flip)."""
     if settings.inference == OFFICIAL_SCRIPT:
         return {OFFICIAL_SCRIPT: _official_maps(model, frames, settings.precision)}
-    images = torch.from_numpy(np.stack([frame.load_image() for frame in frames])).to(device).permute(0, 3, 1, 2).float()
+    rgb = np.stack([frame.load_image() for frame in frames])
+    if settings.protocol == "m2a":
+        rgb = np.stack([official_resize(image) for image in rgb])
+    label_width, label_height = image_size(frames[0].label_path)
+    maps = _score_maps(model, rgb, settings, how, device, (label_height, label_width))
+    if settings.flip:  # the flip's maps, flipped back, averaged in as Mask2Anomaly's evaluation does
+        flipped = _score_maps(model, rgb[:, :, ::-1], settings, how, device, (label_height, label_width))
+        maps = {name: (score_maps + flipped[name][:, :, ::-1]) / 2 for name, score_maps in maps.items()}
+    for name, score_maps in maps.items():
+        if not np.isfinite(score_maps).all():
+            raise DiffeelError(f"the model gave non-finite {name} scores on frame {frames[0].id}; its logits contain NaN or inf")
+    return maps
+
+
+def _score_maps(model, rgb: np.ndarray, settings: ScoreSettings, how: str, device, label_size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The score maps of a batch of ``(N, H, W, 3)`` uint8 images at ``label_size``."""
+    label_height, label_width = label_size
+    images = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(0, 3, 1, 2).float()
     if settings.size is not None:
         images = F.interpolate(images, size=settings.size, mode="bilinear", align_corners=False)
-    label_width, label_height = image_size(frames[0].label_path)
     with torch.inference_mode():
         inputs = normalise(images, how).contiguous(memory_format=torch.channels_last)
         class_maps = _forward_logits(model, inputs, settings)
@@ -180,9 +207,6 @@ def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: s
             if settings.smooth == "rpl":
                 score_map = gaussian_smooth(score_map)
             maps[name] = score_map.cpu().numpy()
-    for name, score_maps in maps.items():
-        if not np.isfinite(score_maps).all():
-            raise DiffeelError(f"the model gave non-finite {name} scores on frame {frames[0].id}; its logits contain NaN or inf")
     return maps
 
 

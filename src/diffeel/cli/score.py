@@ -43,6 +43,12 @@ def add_parser(commands) -> None:
                        help="--model, mask models: the class weights of the mask-wise logits that energy, entropy and EEL use: raw "
                        "(default; the paper's c^T·sigmoid(m) with raw class logits) or softmax (Mask2Former's semantic map, an "
                        "ablation); msp (Eq. 3) always weights with the softmax")
+    score.add_argument("--protocol", choices=("native", "m2a"), default="native",
+                       help="--model: the input's size: native (default: full resolution, or --size) or m2a (Mask2Anomaly's "
+                       "evaluation: short side 1024, long side at most 2048, PIL bilinear), so that M2A and M2A+EEL maps "
+                       "compare at the official scale")
+    score.add_argument("--flip", action="store_true",
+                       help="--model: average each score with that of the left-right flipped image (as Mask2Anomaly's evaluation does)")
     score.add_argument("--size", type=size, help="--model: resize images to WIDTHxHEIGHT before the model (default: full resolution)")
     score.add_argument("--device", default="cpu", help="--model: cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
     score.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
@@ -90,7 +96,7 @@ def _score_model(args: argparse.Namespace) -> None:
     settings = ScoreSettings(scores=tuple(s.strip() for s in args.scores.split(",") if s.strip()), alpha=args.alpha,
                              smooth=args.smooth, size=args.size[::-1] if args.size else None, batch=args.batch,
                              dtype=args.dtype or "float16", inference=args.inference, precision=args.precision,
-                             mask_logits=args.mask_logits)
+                             mask_logits=args.mask_logits, protocol=args.protocol, flip=args.flip)
     check_output_dir(args.out, allowed=None)
     frames = benchmark_frames(args)
     with process_group(args.device) as context:

@@ -46,6 +46,7 @@ __all__ = [
     "official_single_score",
     "official_score_from_outputs",
     "official_resize_shape",
+    "official_resize",
     "official_anomaly_score",
 ]
 
@@ -260,10 +261,17 @@ def _model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def _forward_resized(model: Callable, image_bgr: np.ndarray, short_side: int, max_side: int, precision: str) -> Mapping:
-    rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
+def official_resize(rgb: np.ndarray, short_side: int = 1024, max_side: int = 2048) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 image resized as the official evaluation does: PIL bilinear to
+    :func:`official_resize_shape`."""
     height, width = official_resize_shape(rgb.shape[0], rgb.shape[1], short_side, max_side)
-    resized = np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
+    if (height, width) == rgb.shape[:2]:
+        return np.ascontiguousarray(rgb)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((width, height), Image.BILINEAR))
+
+
+def _forward_resized(model: Callable, image_bgr: np.ndarray, short_side: int, max_side: int, precision: str) -> Mapping:
+    resized = official_resize(image_bgr[:, :, ::-1], short_side, max_side)
     tensor = torch.from_numpy(resized.astype(np.float32).transpose(2, 0, 1).copy())[None]
     device = _model_device(model)
     with torch.no_grad(), forward_precision(device, precision):
