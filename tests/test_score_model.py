@@ -156,7 +156,7 @@ def test_mask_model_scores_eq3_and_the_official_script(setup, tmp_path):
         official = np.asarray(official_anomaly_score(model, np.ascontiguousarray(rgb[..., ::-1])), dtype=np.float32)
         np.testing.assert_allclose(np.load(tmp_path / "official" / "anomaly_inference" / f"{image_path.stem}.npy"), official, atol=2e-5)  # channels-last rounding
     code, _, err = run(*common, "--inference", "anomaly_inference", "--smooth", "rpl", "--out", tmp_path / "bad")
-    assert code == 2 and "takes no --smooth or --size" in err
+    assert code == 2 and "takes no --smooth, --size, --protocol or --flip" in err
 
 
 def test_m2a_protocol_scores_at_the_official_scale(setup, tmp_path):
