@@ -177,7 +177,41 @@ def test_contrastive_loss_matches_formula(void_as_inlier):
     assert float(value) == pytest.approx(direct_contrastive(outputs, labels, 1.0, void_as_inlier), rel=1e-9)
 
 
-def test_contrastive_loss_crops_the_padding():
+def bilinear_align_corners(grid, rows, cols):
+    """Bilinear resampling of a 2-D grid with align_corners=True (PyTorch's definition, written out):
+    output pixel i sits at input position i·(n_in - 1)/(n_out - 1)."""
+    out = np.zeros((rows, cols))
+    for y in range(rows):
+        for x in range(cols):
+            sy = y * (grid.shape[0] - 1) / (rows - 1) if rows > 1 else 0.0
+            sx = x * (grid.shape[1] - 1) / (cols - 1) if cols > 1 else 0.0
+            y0, x0 = int(math.floor(sy)), int(math.floor(sx))
+            y1, x1 = min(y0 + 1, grid.shape[0] - 1), min(x0 + 1, grid.shape[1] - 1)
+            fy, fx = sy - y0, sx - x0
+            out[y, x] = ((1 - fy) * (1 - fx) * grid[y0, x0] + (1 - fy) * fx * grid[y0, x1]
+                         + fy * (1 - fx) * grid[y1, x0] + fy * fx * grid[y1, x1])
+    return out
+
+
+def test_contrastive_loss_official_resize_stretches_the_score_onto_the_labels():
+    """Mask2Anomaly's code: the mask-grid score stretched onto the (unpadded) labels with
+    align_corners=True, void pixels in the inlier term (its id mask is ood_mask == 0)."""
+    outputs = random_outputs(6, batch=1, queries=3, size=(3, 4))
+    labels = random_labels(6, size=(5, 7))
+    value = mask_contrastive_loss(outputs["pred_logits"], outputs["pred_masks"], labels, mask_stride=2,
+                                  void_as_inlier=True, resize="official")
+    logits, masks = outputs["pred_logits"][0].double().numpy(), outputs["pred_masks"][0].double().numpy()
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    low = -np.einsum("qc,qhw->chw", probs[:, :C], 1 / (1 + np.exp(-masks))).max(0)
+    score = bilinear_align_corners(low, 5, 7)
+    anomaly = labels[0].numpy() == ANOMALY_TRAIN_ID
+    expected = 0.5 * ((score[~anomaly] ** 2).mean() + (np.maximum(0, 1 - score[anomaly]) ** 2).mean())
+    assert float(value) == pytest.approx(expected, rel=1e-6)
+    padded = mask_contrastive_loss(outputs["pred_logits"], outputs["pred_masks"], labels, mask_stride=2, void_as_inlier=True)
+    assert float(padded) != pytest.approx(expected, rel=1e-3)  # diffeel's default grid is another one
+
+
+def test_contrastive_loss_default_upsamples_to_the_padded_input_unlike_the_official_stretch():
     outputs = random_outputs(6, batch=1, queries=3, size=(3, 4))
     labels = random_labels(6, size=(5, 7))  # the top-left 5×7 of a padded 6×8 input
     value = mask_contrastive_loss(outputs["pred_logits"], outputs["pred_masks"], labels, mask_stride=2)
@@ -342,3 +376,12 @@ def test_eel_on_the_mask_grid():
     same = [mask_eel_loss(outputs["pred_logits"], outputs["pred_masks"], labels[:, :3, :4], mask_stride=1, resolution=r)
             for r in ("mask", "label")]
     assert float(same[0]) == pytest.approx(float(same[1]), rel=1e-12)
+
+
+def test_the_m2a_preset_takes_the_official_contrastive_choices():
+    from diffeel.train.recipes import preset
+
+    official = build_criterion(preset("m2a"))
+    assert official.void_as_inlier and official.contrastive_resize == "official"
+    eel = build_criterion(preset("m2a+eel"))
+    assert eel.anomaly_loss == "eel" and eel.eel_logits == "raw"

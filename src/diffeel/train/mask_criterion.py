@@ -70,6 +70,7 @@ MASK_LOSS_DEFAULTS: dict[str, Any] = {
     "ce_weight": 1.0,  # λ_ce of Eq. 10, multiplying the class_weight-weighted CE
     "contrastive_margin": 1.0,  # Mask2Anomaly code (its paper quotes 0.75)
     "contrastive_void_as_inlier": False,  # True: void pixels in the inlier term, as Mask2Anomaly's code
+    "contrastive_resize": "padded",  # "official": the score stretched onto the labels (align_corners=True), as its code
     "anomaly_on_aux": True,  # the anomaly term on every prediction set, as Mask2Anomaly's code
     "eel_resolution": "label",  # "label": Eq. 7 at every label pixel; "mask": at the mask grid
     "eel_logits": "raw",  # the mask-wise logits of L_eel: "raw" c^T·sigmoid(m) (the paper's), "softmax" (ablation)
@@ -311,23 +312,30 @@ def mask_contrastive_loss(
     margin: float = 1.0,
     mask_stride: int = 4,
     void_as_inlier: bool = False,
+    resize: str = "padded",
 ) -> torch.Tensor:
     """Mask2Anomaly's mask contrastive loss (the term Eq. 10 replaces).
 
     ``s = -max_k Σ_q softmax(c_q)_k · sigmoid(m_q)`` on the mask grid, bilinearly upsampled to the
-    padded input and cropped to the labels; then
+    padded input and cropped to the labels (``resize="padded"``), or stretched onto the labels
+    with ``align_corners=True`` as Mask2Anomaly's code does (``resize="official"``); then
     ``0.5 · (mean_{inlier} s² + mean_{anomaly} max(0, margin - s)²)``, each mean pooled over the
     batch (an empty set contributes 0). As written, both terms pull ``s`` towards 0 (s ≤ 0).
 
-    Differences from Mask2Anomaly's code, on purpose: its code stretches the score from the padded
-    mask grid onto the unpadded label (``align_corners=True``), a shift of up to the padding; here
-    the score is upsampled to the padded input and the padding cut off, as for the mask targets.
-    Its code counts void pixels as inliers; here void enters no loss (method.md) unless
-    ``void_as_inlier=True``.
+    The defaults differ from Mask2Anomaly's code, on purpose: its stretch of the padded mask grid
+    onto the unpadded label shifts the score by up to the padding, while the padded grid keeps it
+    aligned as for the mask targets; its code counts void pixels as inliers, while here void enters
+    no loss (method.md) unless ``void_as_inlier=True``. The ``m2a`` preset takes both of the
+    official choices.
     """
+    if resize not in ("padded", "official"):
+        raise ValueError(f"resize must be 'padded' or 'official', got {resize!r}")
     semantic = mask_logits(pred_logits, pred_masks, "softmax")
     score = -semantic.amax(dim=1, keepdim=True)
-    score = _to_label_grid(score, tuple(labels.shape[-2:]), mask_stride)[:, 0]
+    if resize == "official":
+        score = F.interpolate(score, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=True)[:, 0]
+    else:
+        score = _to_label_grid(score, tuple(labels.shape[-2:]), mask_stride)[:, 0]
     anomaly_mask, inlier_mask = split_train_labels(labels, semantic.shape[1])
     if void_as_inlier:
         inlier_mask = ~anomaly_mask
@@ -409,6 +417,7 @@ class SetCriterion(nn.Module):
         anomaly_weight: float | None = None,
         margin: float = 1.0,
         void_as_inlier: bool = False,
+        contrastive_resize: str = "padded",
         alpha: float = 1.0,
         inlier_entropy: str = "confident",
         eel_resolution: str = "label",
@@ -443,6 +452,7 @@ class SetCriterion(nn.Module):
         self.anomaly_weight = anomaly_weight
         self.margin = margin
         self.void_as_inlier = void_as_inlier
+        self.contrastive_resize = contrastive_resize
         self.alpha = alpha
         self.inlier_entropy = inlier_entropy
         self.eel_resolution = eel_resolution
@@ -498,7 +508,8 @@ class SetCriterion(nn.Module):
 
     def _anomaly_term(self, logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.anomaly_loss == "contrastive":
-            return mask_contrastive_loss(logits, masks, labels, self.margin, self.mask_stride, self.void_as_inlier)
+            return mask_contrastive_loss(logits, masks, labels, self.margin, self.mask_stride, self.void_as_inlier,
+                                         self.contrastive_resize)
         return mask_eel_loss(logits, masks, labels, self.alpha, self.inlier_entropy, self.mask_stride, self.eel_resolution,
                              self.eel_logits)
 
@@ -578,6 +589,7 @@ def build_criterion(config: Any) -> SetCriterion:
             anomaly_weight=_setting(config, "anomaly_weight", default_weight),
             margin=settings["contrastive_margin"],
             void_as_inlier=bool(settings["contrastive_void_as_inlier"]),
+            contrastive_resize=settings["contrastive_resize"],
             alpha=_setting(config, "alpha", 1.0),
             inlier_entropy=_setting(config, "inlier_entropy", "confident"),
             eel_resolution=settings["eel_resolution"],

@@ -65,10 +65,13 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
     "m2a": (
         TrainConfig("m2a", steps=5000, loss="m2a", batch_size=8, optimizer="adamw", lr=1e-5, weight_decay=0.05, poly_power=0.9,
                     clip=0.01, crop=[380, 760], synthesizer="rpl-mix", paste_probability=0.2, anomaly_weight=1.0,
-                    mask_loss={**_MASK2ANOMALY_LOSS, "contrastive_margin": 1.0}, save_every=500),
+                    mask_loss={**_MASK2ANOMALY_LOSS, "contrastive_margin": 1.0, "contrastive_void_as_inlier": True,
+                               "contrastive_resize": "official"}, save_every=500),
         {"steps": "Mask2Anomaly code (its paper: 4,000)", "clip": "Mask2Anomaly code: full-model gradient-norm clip 0.01",
          "paste_probability": "Mask2Anomaly code: COCO outlier at native size with p = 0.2",
-         "mask_loss": "Mask2Former matcher/loss weights; contrastive margin 1.0 in code (0.75 in its paper)"},
+         "mask_loss": "Mask2Former matcher/loss weights; contrastive margin 1.0 in code (0.75 in its paper); Mask2Anomaly "
+                      "code: void pixels in the contrastive inlier term (its id mask is ood_mask == 0), the score stretched "
+                      "onto the labels with align_corners=True"},
     ),
     "m2a+eel": (
         TrainConfig("m2a+eel", steps=4000, loss="m2a+eel", batch_size=8, optimizer="adamw", lr=1e-5, weight_decay=0.05, poly_power=0.9,
