@@ -2,6 +2,7 @@
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -349,3 +350,74 @@ def test_coco_malformed_segmentation_is_named_when_drawn(tmp_path):
     Image.fromarray(np.zeros((480, 480, 3), np.uint8)).save(tmp_path / "train2017" / "a.jpg")
     with pytest.raises(DiffeelError, match="a segmentation of image 1 could not be decoded"):
         CocoOutliers(tmp_path)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Mask2Former's data pipeline: multi-scale resize, SSD colour
+
+
+def test_shortest_edge_sizes_follow_detectron2():
+    from diffeel.train.data import shortest_edge_size
+
+    assert shortest_edge_size(1024, 2048, 512, 4096) == (512, 1024)
+    assert shortest_edge_size(720, 1280, 2048, 4096) == (2048, 3641)  # 1280·2048/720 = 3640.9, rounded half up
+    assert shortest_edge_size(1024, 2048, 2048, 4096) == (2048, 4096)
+    assert shortest_edge_size(500, 3000, 1024, 4096) == (683, 4096)  # 6144 long: shrunk to 4096, 682.67 → 683
+    assert shortest_edge_size(2048, 1024, 512, 4096) == (1024, 512)  # portrait
+
+
+def test_mask2former_short_sides_are_its_config_list():
+    from diffeel.train.recipes import MASK2FORMER_SHORT_SIDES, preset
+
+    assert MASK2FORMER_SHORT_SIDES == [512, 614, 716, 819, 921, 1024, 1126, 1228, 1331, 1433, 1536, 1638, 1740, 1843, 1945, 2048]
+    for recipe in ("m2a", "m2a+eel"):
+        config = preset(recipe)
+        assert config.resize_short_side == MASK2FORMER_SHORT_SIDES and config.resize_max_size == 4096
+        assert config.photometric == "ssd" and config.decay_norm_and_embedding is False
+    assert preset("rpl").photometric == "none" and preset("demo-closed").photometric == "jitter"
+    assert preset("rpl", photometric=True).photometric == "jitter"  # configs saved when photometric was a switch
+    with pytest.raises(DiffeelError, match="photometric must be one of"):
+        preset("rpl", photometric="sepia")
+
+
+def test_multi_scale_resize_draws_a_short_side_and_keeps_labels_nearest():
+    from diffeel.train.data import resize_shortest_edge
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 80, 3), dtype=np.uint8)
+    label = rng.choice(np.array([0, 1, 13, 254, 255], np.uint8), size=(40, 80))
+    seen = set()
+    for seed in range(30):
+        resized, labels, scale = resize_shortest_edge(image, label, [20, 60, 100], 1000, np.random.default_rng(seed))
+        assert resized.shape[:2] == labels.shape and labels.shape[0] in (20, 60, 100)
+        assert labels.shape[1] == 2 * labels.shape[0] and scale == (labels.shape[0] / 40, labels.shape[1] / 80)
+        assert set(np.unique(labels)) <= {0, 1, 13, 254, 255}
+        seen.add(labels.shape[0])
+    assert seen == {20, 60, 100}
+    same, same_labels, _ = resize_shortest_edge(image, label, [40], 1000, rng)
+    assert np.array_equal(same, image) and np.array_equal(same_labels, label)
+
+
+def test_ssd_colour_steps_by_hand():
+    from diffeel.train.data import SSDColour, draw_ssd_colour, ssd_colour
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    nothing = SSDColour(None, True, None, None, None)
+    assert np.array_equal(ssd_colour(image, nothing), image)
+    brighter = ssd_colour(image, SSDColour(20.7, True, None, None, None))
+    assert np.array_equal(brighter, np.clip(image.astype(np.float32) + 20.7, 0, 255).astype(np.uint8))  # truncated, not rounded
+    contrast = ssd_colour(image, SSDColour(None, True, 1.3, None, None))
+    assert np.array_equal(contrast, np.clip(image.astype(np.float32) * 1.3, 0, 255).astype(np.uint8))
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0].astype(int) - 15) % 180
+    assert np.array_equal(ssd_colour(image, SSDColour(None, True, None, None, -15)), cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB))
+    # the order: contrast before or after saturation (saturation of a clipped image differs)
+    first, last = (ssd_colour(image, SSDColour(None, order, 1.5, 0.6, None)) for order in (True, False))
+    assert not np.array_equal(first, last)
+    draws = [draw_ssd_colour(np.random.default_rng(seed)) for seed in range(2000)]
+    for field in ("brightness", "contrast", "saturation", "hue"):
+        share = np.mean([getattr(d, field) is not None for d in draws])
+        assert 0.45 < share < 0.55, field
+    assert all(-32 <= d.brightness <= 32 for d in draws if d.brightness is not None)
+    assert {d.hue for d in draws if d.hue is not None} == set(range(-18, 19))

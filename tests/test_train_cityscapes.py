@@ -223,7 +223,7 @@ def test_each_epoch_pastes_from_its_own_coco_proxy_set(data, tmp_path):
     assert len(outlier_source(config(synthesizer="rpl-mix", object_pool=0.5), coco=tmp_path / "coco", inlier_frames=2)) == 2
 
 
-def anomaly_crop_share(crop_around_anomaly: bool, samples: int = 40) -> float:
+def anomaly_crop_share(crop_around_anomaly: bool, samples: int = 40, resize=None) -> float:
     """The share of crops holding anomaly pixels when objects are placed on a Cityscapes-like frame
     (2:1, road below the horizon, 0.5-1.5 m objects) before a crop of 0.34 × its width, as
     rpl+eel's 700×700 crops of 2048×1024 frames."""
@@ -242,7 +242,7 @@ def anomaly_crop_share(crop_around_anomaly: bool, samples: int = 40) -> float:
     held = 0
     for sample in range(samples):
         _, cropped = augment_frame(image, label, np.random.default_rng([1, sample]), crop=(175, 175), synthesizer=synthesizer,
-                                   paste_before_crop=True, crop_around_anomaly=crop_around_anomaly)
+                                   paste_before_crop=True, crop_around_anomaly=crop_around_anomaly, resize=resize)
         held += bool((cropped == ANOMALY_TRAIN_ID).any())
     return held / samples
 
@@ -252,6 +252,7 @@ def test_crops_hold_the_placed_anomaly():
     around a placed object, (nearly) every crop holds anomaly pixels, as RPL's do."""
     random_crops, kept = anomaly_crop_share(False), anomaly_crop_share(True)
     assert kept >= 0.95 and random_crops < 0.8
+    assert anomaly_crop_share(True, resize=([128, 384], 4096)) >= 0.95  # the kept box follows a multi-scale resize
 
 
 def test_a_crop_window_holds_the_box_it_must_keep():
@@ -274,6 +275,26 @@ def test_the_training_log_reports_the_share_of_crops_with_anomalies(data, tmp_pa
                         device=torch.device("cpu"), progress=False)
     lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [line["anomaly_crops"] for line in lines] == [1.0, 1.0]
+
+
+def test_mask2former_optimizer_leaves_norm_and_embedding_parameters_undecayed():
+    from diffeel.train.loop import make_optimizer
+    from diffeel.train.recipes import mask_parameter_groups
+
+    model = create_model("mask2anomaly_r50", hidden_dim=32, num_queries=10, dec_layers=3, width_divisor=16, norm_groups=4,
+                         dim_feedforward=32, enc_layers=1, enc_dim_feedforward=32, nheads=4)
+    names = {id(p): name for name, p in model.named_parameters()}
+    decayed, undecayed = mask_parameter_groups(model, decay_norm_and_embedding=False)
+    undecayed_names = {names[id(p)] for p in undecayed["params"]}
+    assert {"sem_seg_head.predictor.query_feat.weight", "sem_seg_head.predictor.query_embed.weight",
+            "sem_seg_head.predictor.level_embed.weight"} <= undecayed_names  # embeddings
+    assert any(".norm" in name and name.endswith(".bias") for name in undecayed_names)  # LayerNorm
+    assert "sem_seg_head.pixel_decoder.adapter_1.norm.weight" in undecayed_names  # GroupNorm
+    assert "sem_seg_head.pixel_decoder.transformer.level_embed" not in undecayed_names  # a bare parameter, decayed as upstream
+    assert all(not name.startswith("backbone.") for name in map(names.get, map(id, decayed["params"] + undecayed["params"])))
+    optimizer = make_optimizer(preset("m2a"), [decayed, undecayed])
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.05, 0.0]
+    assert len(mask_parameter_groups(model)) == 1  # decay everywhere unless asked
 
 
 def run(*args):
@@ -375,3 +396,32 @@ def test_mask2anomaly_two_gloo_processes_take_the_single_process_step(data, tmp_
     one, two = states(tmp_path / "one")["model"], states(tmp_path / "two")["model"]
     for key in one:
         assert torch.allclose(one[key].float(), two[key].float(), rtol=1e-6, atol=1e-6), key
+
+
+def test_mask2anomaly_stage_one_then_fine_tuning_from_it(data, tmp_path):
+    """m2a-inlier trains from backbone weights alone (Mask2Anomaly's stage 1, no anomaly term);
+    m2a+eel starts from its checkpoint quietly, and warns when started from another file (such as
+    the released model_final.pth, already contrastive-tuned)."""
+    torch.manual_seed(3)
+    donor = create_model("mask2anomaly_r50", **TINY_MASK).state_dict()
+    torch.save({"model": {k: v for k, v in donor.items() if k.startswith("backbone.")}}, tmp_path / "backbone.pth")
+    torch.save({"model": donor}, tmp_path / "model_final.pth")
+    options = [a for key, value in TINY_MASK.items() for a in ("--model-option", f"{key}={value}")]
+    small = ["--set", "steps=1", "--set", "batch_size=2", "--set", "crop=[32,48]", "--set", 'mask_loss={"train_points": 64}']
+    common = ["train", "--cityscapes", data / "cityscapes", "--host", "mask2anomaly_r50", *options, *small, "--quiet"]
+    code, _, err = run(*common, "--recipe", "m2a-inlier", "--backbone", tmp_path / "backbone.pth", "--out", tmp_path / "stage1")
+    assert code == 0, err
+    stage1 = torch.load(tmp_path / "stage1" / "checkpoint.pt", weights_only=True)
+    assert stage1["config"]["recipe"] == "m2a-inlier"
+    assert all(torch.equal(stage1["model"][k], v) for k, v in donor.items() if k.startswith("backbone."))
+    log = json.loads((tmp_path / "stage1" / "log.jsonl").read_text().splitlines()[0])
+    assert {"ce", "mask", "dice"} <= set(log) and not {"eel", "contrastive"} & set(log)
+
+    code, _, err = run(*common, "--recipe", "m2a+eel", "--objects", data / "bank", "--checkpoint", tmp_path / "stage1" / "checkpoint.pt",
+                       "--out", tmp_path / "stage2")
+    assert code == 0 and "warning" not in err, err
+    code, _, err = run(*common, "--recipe", "m2a+eel", "--objects", data / "bank", "--checkpoint", tmp_path / "model_final.pth",
+                       "--out", tmp_path / "released")
+    assert code == 0 and "warning" in err and "contrastive loss (its stage 2)" in err and "--recipe m2a-inlier" in err
+    code, _, err = run(*common, "--recipe", "m2a-inlier", "--checkpoint", tmp_path / "model_final.pth", "--out", tmp_path / "bad")
+    assert code == 2 and "--backbone" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import DiffeelError
@@ -17,12 +18,13 @@ def add_parser(commands) -> None:
     training = commands.add_parser(
         "train",
         help="train a recipe (closed host, RPL, RPL+EEL) on the embedded world or on Cityscapes, or print a recipe's settings",
-        description="Presets: rpl, rpl+eel, m2a, m2a+eel (the published settings) and demo-closed, demo-rpl, "
+        description="Presets: rpl, rpl+eel, m2a-inlier, m2a, m2a+eel (the published settings) and demo-closed, demo-rpl, "
         "demo-rpl+eel (the demo's CPU-sized ones). --show-config prints every setting and where its value "
         "comes from. With --world: the small DeepLab host on a world's training split (diffeel world make); "
         "rpl and rpl+eel train the RPL module around the closed host given by --host. With --cityscapes: rpl "
         "or rpl+eel on Cityscapes around --host rpl_wrn38 --checkpoint cityscapes_best.pth, outliers from --coco "
-        "or --objects; under torchrun each process takes its share of every global batch (DDP). Resumes from "
+        "or --objects; m2a-inlier (Mask2Anomaly's stage 1) around --host mask2anomaly_r50 --backbone resnet50.pth, then "
+        "m2a or m2a+eel from its checkpoint; under torchrun each process takes its share of every global batch (DDP). Resumes from "
         "--out/checkpoint.pt; the checkpoint stores the settings and code revision that ran.",
     )
     training.add_argument("--recipe", required=True, choices=RECIPES, help="preset to start from")
@@ -32,7 +34,9 @@ def add_parser(commands) -> None:
     training.add_argument("--world", help="a world folder (its train/ split is used)")
     training.add_argument("--host", help="world: the closed host's run folder or checkpoint; Cityscapes: the host model "
                           "(rpl_wrn38, or package.module:factory)")
-    training.add_argument("--checkpoint", help="Cityscapes: the host's weights (NVIDIA's cityscapes_best.pth, RPL's res.pth)")
+    training.add_argument("--checkpoint", help="Cityscapes: the weights to start from (NVIDIA's cityscapes_best.pth or RPL's res.pth "
+                          "for rpl / rpl+eel; an m2a-inlier run's checkpoint.pt for m2a / m2a+eel)")
+    training.add_argument("--backbone", help="m2a-inlier: the backbone's starting weights (Barlow Twins' resnet50.pth, torchvision layout)")
     training.add_argument("--model-option", action="append", type=setting, metavar="NAME=VALUE", help="host constructor option (repeatable)")
     training.add_argument("--allow-pickle", action="store_true", help="allow a legacy checkpoint that needs full unpickling (can run code)")
     training.add_argument("--cityscapes", help="Cityscapes root (leftImg8bit/train, gtFine/train) to train on instead of a world")
@@ -91,25 +95,39 @@ def _validation(args: argparse.Namespace, device):
 
 
 def _train_cityscapes(args: argparse.Namespace, config) -> None:
-    """RPL / RPL+EEL on Cityscapes with a real host, under torchrun when started by it."""
+    """RPL / RPL+EEL / Mask2Anomaly on Cityscapes with a real host, under torchrun when started by it."""
     from ..distributed import process_group
     from ..models import create_model, list_models
     from ..report.output import check_output_dir
-    from ..train.recipes import train_on_cityscapes
+    from ..train.recipes import mask2anomaly_stage_one, stage_one_warning, train_on_cityscapes
 
     if not args.out:
         raise DiffeelError("give --out, the run folder")
     if not args.host or (args.host not in list_models() and ":" not in args.host):
         raise DiffeelError("training on Cityscapes needs --host NAME (e.g. rpl_wrn38) and its --checkpoint "
                            "(NVIDIA's cityscapes_best.pth, or RPL's res.pth to continue)")
-    if args.checkpoint is None:
-        raise DiffeelError(f"give the closed-set weights of {args.host} with --checkpoint (e.g. NVIDIA's cityscapes_best.pth)")
+    options = dict(args.model_option or [])
+    warning = None
+    if config.loss == "m2a-inlier":
+        if args.backbone is None or args.checkpoint is not None:
+            raise DiffeelError("the m2a-inlier recipe (Mask2Anomaly's stage 1) starts from backbone weights alone: give "
+                               "--backbone (e.g. Barlow Twins' resnet50.pth) and no --checkpoint")
+
+        def make_model():
+            return mask2anomaly_stage_one(args.backbone, allow_pickle=args.allow_pickle, **options)
+    else:
+        if args.checkpoint is None:
+            raise DiffeelError(f"give the weights {args.recipe} starts from with --checkpoint (e.g. NVIDIA's cityscapes_best.pth "
+                               "for rpl and rpl+eel, an m2a-inlier run's checkpoint.pt for m2a and m2a+eel)")
+        warning = stage_one_warning(config.loss, args.checkpoint, allow_pickle=args.allow_pickle)
+
+        def make_model():
+            return create_model(args.host, checkpoint=args.checkpoint, allow_pickle=args.allow_pickle, **options)
     check_output_dir(args.out, allowed=None)
     with process_group(args.device) as context:
         device = context.device(args.device)
-
-        def make_model():
-            return create_model(args.host, checkpoint=args.checkpoint, allow_pickle=args.allow_pickle, **dict(args.model_option or []))
+        if warning and context.is_main:
+            print(f"diffeel train: warning: {warning}", file=sys.stderr)
 
         summary = train_on_cityscapes(config, args.cityscapes, args.out, make_model, coco=args.coco, objects=args.objects, device=device,
                                       context=context, workers=args.workers, validate=_validation(args, device),

@@ -29,6 +29,11 @@ from .loading import INPUT_NORMALIZATIONS, load_strict, without_common_prefix
 from .registry import list_models, model_entry
 
 
+def read_model_state(path, allow_pickle: bool = False) -> dict:
+    """The model weights of a checkpoint file (under ``model`` or ``state_dict``, or bare)."""
+    return _unwrap(load_state(path, allow_pickle=allow_pickle), path)
+
+
 def _unwrap(raw, path) -> dict:
     """The state dict inside a checkpoint file: under ``model`` or ``state_dict``, or bare."""
     if isinstance(raw, dict):

@@ -10,9 +10,12 @@ batch, and the W shares together are the single-process batch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
 from ..data.cityscapes import list_cityscapes, read_cityscapes_frame
@@ -35,6 +38,82 @@ def photometric_jitter(image: np.ndarray, rng) -> np.ndarray:
     if rng.random() < 0.3:
         pixels += rng.normal(0, rng.uniform(0.01, 0.05), size=pixels.shape).astype(np.float32)
     return (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class SSDColour:
+    """The draws of one SSD colour augmentation; None skips that step."""
+
+    brightness: float | None  # added to every channel, in -32..32
+    contrast_first: bool  # contrast before saturation and hue, or after them
+    contrast: float | None  # factor in 0.5..1.5
+    saturation: float | None  # factor of the HSV saturation, in 0.5..1.5
+    hue: int | None  # shift of OpenCV's hue (0..179), in -18..18
+
+
+def draw_ssd_colour(rng) -> SSDColour:
+    """Each step with probability 1/2 (and the order of contrast with a coin), as detectron2's
+    ``ColorAugSSDTransform`` with its default ranges draws them."""
+    brightness = float(rng.uniform(-32, 32)) if rng.random() < 0.5 else None
+    contrast_first = bool(rng.random() < 0.5)
+    contrast = float(rng.uniform(0.5, 1.5)) if rng.random() < 0.5 else None
+    saturation = float(rng.uniform(0.5, 1.5)) if rng.random() < 0.5 else None
+    hue = int(rng.integers(-18, 19)) if rng.random() < 0.5 else None
+    return SSDColour(brightness, contrast_first, contrast, saturation, hue)
+
+
+def _affine_uint8(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """``values·alpha + beta`` in float32, clipped to 0..255 and truncated to uint8, as the SSD code converts."""
+    return np.clip(values.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def ssd_colour(image: np.ndarray, draws: SSDColour) -> np.ndarray:
+    """detectron2's SSD colour augmentation (Mask2Former's ``COLOR_AUG_SSD``) of an RGB uint8 image:
+    brightness; then contrast, saturation, hue, or saturation, hue, contrast; saturation and hue in
+    OpenCV's 8-bit HSV (hue modulo 180)."""
+    image = np.ascontiguousarray(image)
+    if draws.brightness is not None:
+        image = _affine_uint8(image, beta=draws.brightness)
+
+    def contrast(pixels):
+        return pixels if draws.contrast is None else _affine_uint8(pixels, alpha=draws.contrast)
+
+    def saturation_and_hue(pixels):
+        if draws.saturation is not None:
+            hsv = cv2.cvtColor(pixels, cv2.COLOR_RGB2HSV)
+            hsv[:, :, 1] = _affine_uint8(hsv[:, :, 1], alpha=draws.saturation)
+            pixels = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        if draws.hue is not None:
+            hsv = cv2.cvtColor(pixels, cv2.COLOR_RGB2HSV)
+            hsv[:, :, 0] = (hsv[:, :, 0].astype(int) + draws.hue) % 180
+            pixels = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        return pixels
+
+    return saturation_and_hue(contrast(image)) if draws.contrast_first else contrast(saturation_and_hue(image))
+
+
+def shortest_edge_size(height: int, width: int, short_side: int, max_size: int) -> tuple[int, int]:
+    """detectron2's ``ResizeShortestEdge.get_output_shape``: the short side to ``short_side``,
+    scaled down if the long side would exceed ``max_size``, each side rounded half up."""
+    scale = short_side / min(height, width)
+    new_height, new_width = (short_side, scale * width) if height < width else (scale * height, short_side)
+    if max(new_height, new_width) > max_size:
+        shrink = max_size / max(new_height, new_width)
+        new_height, new_width = new_height * shrink, new_width * shrink
+    return int(new_height + 0.5), int(new_width + 0.5)
+
+
+def resize_shortest_edge(image: np.ndarray, label: np.ndarray, short_sides, max_size: int, rng):
+    """Multi-scale training resize (detectron2's ``ResizeShortestEdge``, ``choice`` sampling): one
+    of ``short_sides`` drawn, the image resized bilinearly with PIL, the labels nearest. Returns
+    the image, the labels and the scale factors (rows, columns)."""
+    short_side = int(short_sides[int(rng.integers(len(short_sides)))])
+    height, width = shortest_edge_size(label.shape[0], label.shape[1], short_side, max_size)
+    scale = (height / label.shape[0], width / label.shape[1])
+    if (height, width) != label.shape:
+        image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.BILINEAR))
+        label = np.asarray(Image.fromarray(np.ascontiguousarray(label)).resize((width, height), Image.NEAREST))
+    return image, label, scale
 
 
 def _window_start(size: int, window: int, rng, keep: tuple[int, int] | None) -> int:
@@ -70,20 +149,35 @@ def _visible_box(placement, shape: tuple[int, int]) -> tuple[int, int, int, int]
     return top, left, max(1, bottom - top), max(1, right - left)
 
 
+def _scale_and_crop(image, label, rng, crop, resize, keep=None):
+    """The multi-scale resize (``resize`` = (short sides, max size), or None) and the crop, the box
+    to ``keep`` scaled with the image."""
+    if resize is not None:
+        image, label, (row_scale, col_scale) = resize_shortest_edge(image, label, resize[0], resize[1], rng)
+        if keep is not None:
+            top, left, height, width = keep
+            keep = (int(top * row_scale), int(left * col_scale), max(1, round(height * row_scale)), max(1, round(width * col_scale)))
+    if crop:
+        image, label = random_crop(image, label, crop, rng, keep)
+    return image, label
+
+
 def augment_frame(image, label, rng, *, crop=None, synthesizer=None, paste_probability: float = 1.0,
-                  paste_before_crop: bool = False, crop_around_anomaly: bool = False,
-                  photometric: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """One training sample: horizontal flip (p = 0.5), random crop, pasted anomalies (with
-    ``paste_probability``; on the full frame when ``paste_before_crop``, so that placement sees the
-    camera's whole view), photometric jitter. Draws from ``rng`` in that order.
+                  paste_before_crop: bool = False, crop_around_anomaly: bool = False, resize=None,
+                  photometric: str | bool = "none") -> tuple[np.ndarray, np.ndarray]:
+    """One training sample: horizontal flip (p = 0.5), multi-scale resize (``resize`` = (short
+    sides, max size), detectron2's ``ResizeShortestEdge``) and random crop, pasted anomalies (with
+    ``paste_probability``; on the full frame, before the resize and crop, when
+    ``paste_before_crop``, so that placement sees the camera's whole view), colour augmentation
+    (``photometric``: ``"jitter"``, ``"ssd"`` or ``"none"``). Draws from ``rng`` in that order.
 
     ``crop_around_anomaly`` (with ``paste_before_crop``): the crop holds one pasted object, drawn
     from those pasted, as RPL's crops always hold theirs (it pastes into the crop); a frame where
     nothing could be placed is cropped at random."""
     if rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
-    if crop and not paste_before_crop:
-        image, label = random_crop(image, label, crop, rng)
+    if not paste_before_crop:
+        image, label = _scale_and_crop(image, label, rng, crop, resize)
     keep = None
     # the draw is skipped when every frame is pasted, so such runs keep their random stream
     if synthesizer is not None and (paste_probability >= 1 or rng.random() < paste_probability):
@@ -96,10 +190,12 @@ def augment_frame(image, label, rng, *, crop=None, synthesizer=None, paste_proba
                 keep = _visible_box(chosen.placement, label.shape)
         else:
             image, label = synthesizer(image, label, rng)
-    if crop and paste_before_crop:
-        image, label = random_crop(image, label, crop, rng, keep)
-    if photometric:
+    if paste_before_crop:
+        image, label = _scale_and_crop(image, label, rng, crop, resize, keep)
+    if photometric is True or photometric == "jitter":
         image = photometric_jitter(image, rng)
+    elif photometric == "ssd":
+        image = ssd_colour(image, draw_ssd_colour(rng))
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
@@ -108,12 +204,12 @@ class CityscapesTraining(Dataset):
     ``(3, H, W)``, train ids ``(H, W)`` int64 with ``ANOMALY_TRAIN_ID`` where objects were pasted)."""
 
     def __init__(self, root, seed: int, *, split: str = "train", crop=None, synthesizer=None, paste_probability: float = 1.0,
-                 paste_before_crop: bool = False, crop_around_anomaly: bool = False, photometric: bool = False):
+                 paste_before_crop: bool = False, crop_around_anomaly: bool = False, resize=None, photometric: str = "none"):
         self.frames = list_cityscapes(root, split)
         self.seed = seed
         self.options = {"crop": crop, "synthesizer": synthesizer, "paste_probability": paste_probability,
                         "paste_before_crop": paste_before_crop, "crop_around_anomaly": crop_around_anomaly,
-                        "photometric": photometric}
+                        "resize": resize, "photometric": photometric}
 
     def __len__(self) -> int:
         return len(self.frames)

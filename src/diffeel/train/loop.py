@@ -33,16 +33,17 @@ from ..errors import DiffeelError
 from ..labels import ANOMALY_TRAIN_ID
 from ..models.checkpoints import load_state, save_state
 
-LOSSES = ("closed", "rpl", "rpl+eel", "m2a", "m2a+eel")
+LOSSES = ("closed", "rpl", "rpl+eel", "m2a-inlier", "m2a", "m2a+eel")
 SYNTHESIZERS = ("none", "placement", "rpl-mix")
 OPTIMIZERS = ("adam", "adamw")
+PHOTOMETRIC = ("none", "jitter", "ssd")  # the colour augmentation of training frames
 
 
 @dataclass
 class TrainConfig:
     """Every setting of a training run. ``recipe`` names the preset it came from; ``loss`` picks
-    the objective (``closed`` CE; ``rpl`` RPL's loss; ``rpl+eel`` Eq. 8; ``m2a`` / ``m2a+eel``
-    Mask2Anomaly's objective and Eq. 10)."""
+    the objective (``closed`` CE; ``rpl`` RPL's loss; ``rpl+eel`` Eq. 8; ``m2a-inlier`` Mask2Former's
+    loss alone, Mask2Anomaly's stage 1; ``m2a`` / ``m2a+eel`` Mask2Anomaly's objective and Eq. 10)."""
 
     recipe: str
     steps: int
@@ -56,6 +57,8 @@ class TrainConfig:
     clip: float | None = 5.0  # gradient-norm clipping; None = none
     crop: list[int] | None = None  # (height, width) random crop; None = whole frames
     crop_around_anomaly: bool = False  # objects placed on the whole frame: the crop holds one of them
+    resize_short_side: list[int] | None = None  # detectron2's ResizeShortestEdge before the crop: one of these short sides
+    resize_max_size: int = 4096  # ... and the long side at most this
     seed: int = 0
     save_every: int = 50
     # anomaly synthesis
@@ -69,11 +72,20 @@ class TrainConfig:
     inlier_entropy: str = "confident"  # sign of Eq. 7's inlier entropy term ("paper": as printed)
     mask_loss: dict = field(default_factory=dict)  # Mask2Anomaly's matcher and loss weights
     amp: bool = False  # mixed precision (CUDA only)
-    photometric: bool = True  # colour jitter, blur, noise (the small demo model needs it; RPL's recipe has none)
+    photometric: str = "jitter"  # "jitter" (colour, blur, noise: the small demo model needs it), "ssd" (detectron2's SSD colour), "none"
+    decay_norm_and_embedding: bool = True  # False: weight decay 0 for norm and embedding parameters (Mask2Former's optimizer)
     validate_every: int = 0  # steps between validations (0: only at the end, when a validation set is given)
 
     def __post_init__(self):
+        if isinstance(self.photometric, bool):  # configs written when this was a switch
+            self.photometric = "jitter" if self.photometric else "none"
         checks = [
+            (self.photometric in PHOTOMETRIC, f"photometric must be one of {', '.join(PHOTOMETRIC)}, got {self.photometric!r}"),
+            (self.resize_short_side is None or (len(self.resize_short_side) > 0 and all(
+                isinstance(side, int) and side > 0 for side in self.resize_short_side)),
+             f"resize_short_side must list positive whole numbers or be None, got {self.resize_short_side!r}"),
+            (isinstance(self.resize_max_size, int) and self.resize_max_size > 0,
+             f"resize_max_size must be a positive whole number, got {self.resize_max_size!r}"),
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be adam or adamw, got {self.optimizer!r}"),
             (self.synthesizer in SYNTHESIZERS, f"synthesizer must be one of {', '.join(SYNTHESIZERS)}, got {self.synthesizer!r}"),

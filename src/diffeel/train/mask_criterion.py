@@ -76,7 +76,7 @@ MASK_LOSS_DEFAULTS: dict[str, Any] = {
     "eel_logits": "raw",  # the mask-wise logits of L_eel: "raw" c^T·sigmoid(m) (the paper's), "softmax" (ablation)
     "mask_stride": 4,  # pred_masks are at 1/mask_stride of the padded input
 }
-ANOMALY_TERMS = {"m2a": "contrastive", "m2a+eel": "eel"}
+ANOMALY_TERMS = {"m2a-inlier": None, "m2a": "contrastive", "m2a+eel": "eel"}  # stage 1 has none
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,8 +556,9 @@ def _setting(config: Any, name: str, default: Any) -> Any:
 
 
 def build_criterion(config: Any) -> SetCriterion:
-    """The criterion a training config asks for: ``loss`` = ``"m2a"`` (Mask2Anomaly, contrastive
-    term weighted by ``anomaly_weight``) or ``"m2a+eel"`` (Eq. 10, λ = ``anomaly_weight``;
+    """The criterion a training config asks for: ``loss`` = ``"m2a-inlier"`` (Mask2Former's terms
+    alone: Mask2Anomaly's stage 1), ``"m2a"`` (Mask2Anomaly, contrastive term weighted by
+    ``anomaly_weight``) or ``"m2a+eel"`` (Eq. 10, λ = ``anomaly_weight``;
     ``alpha`` and ``inlier_entropy`` for Eq. 7); ``mask_loss`` overrides
     :data:`MASK_LOSS_DEFAULTS`. ``config`` is a :class:`~diffeel.train.TrainConfig` (its
     ``anomaly_weight`` is used as set: the ``m2a`` preset sets 1.0) or a mapping with the same
@@ -565,7 +566,7 @@ def build_criterion(config: Any) -> SetCriterion:
     """
     loss = _setting(config, "loss", None)
     if loss not in ANOMALY_TERMS:
-        raise DiffeelError(f"a Mask2Anomaly criterion needs loss 'm2a' or 'm2a+eel', got {loss!r}")
+        raise DiffeelError(f"a Mask2Anomaly criterion needs loss 'm2a-inlier', 'm2a' or 'm2a+eel', got {loss!r}")
     overrides = dict(_setting(config, "mask_loss", None) or {})
     unknown = sorted(set(overrides) - set(MASK_LOSS_DEFAULTS))
     if unknown:

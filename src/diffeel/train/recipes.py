@@ -34,7 +34,18 @@ from .data import CityscapesTraining, EpochBatches, augment_frame
 from .loop import TrainConfig, step_generator, train
 
 RPL_ITERATIONS_PER_EPOCH = 371  # RPL's code: 2975 Cityscapes frames / batch 8
-MASK_LOSSES = ("m2a", "m2a+eel")
+MASK_LOSSES = ("m2a-inlier", "m2a", "m2a+eel")
+# Mask2Former's Cityscapes base config (Base-Cityscapes-SemanticSegmentation.yaml), which Mask2Anomaly's configs extend
+MASK2FORMER_SHORT_SIDES = [int(x * 0.1 * 1024) for x in range(5, 21)]  # INPUT.MIN_SIZE_TRAIN, "choice" sampling
+MASK2FORMER_MAX_SIZE = 4096  # INPUT.MAX_SIZE_TRAIN
+_MASK2FORMER_DATA = {"resize_short_side": MASK2FORMER_SHORT_SIDES, "resize_max_size": MASK2FORMER_MAX_SIZE, "photometric": "ssd",
+                     "decay_norm_and_embedding": False}
+_MASK2FORMER_SOURCES = {
+    "resize_short_side": "Mask2Former's Cityscapes base config: ResizeShortestEdge before the crop, short side one of 512..2048",
+    "resize_max_size": "Mask2Former's Cityscapes base config: MAX_SIZE_TRAIN",
+    "photometric": "Mask2Former's Cityscapes base config: COLOR_AUG_SSD (detectron2's SSD colour augmentation)",
+    "decay_norm_and_embedding": "Mask2Former's optimizer: WEIGHT_DECAY_NORM = WEIGHT_DECAY_EMBED = 0",
+}
 _MASK2ANOMALY_LOSS = {"class_weight": 2.0, "mask_weight": 5.0, "dice_weight": 5.0, "no_object_weight": 0.1,
                       "train_points": 12544, "deep_supervision": True, "ce_weight": 1.0}
 
@@ -43,7 +54,7 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
     "rpl": (
         TrainConfig("rpl", steps=40 * RPL_ITERATIONS_PER_EPOCH, loss="rpl", batch_size=8, optimizer="adam", lr=7.5e-5,
                     head_lr_multiplier=10.0, weight_decay=0.0, poly_power=0.9, clip=None, crop=[700, 700], synthesizer="rpl-mix",
-                    anomaly_weight=0.05, photometric=False, save_every=RPL_ITERATIONS_PER_EPOCH),
+                    anomaly_weight=0.05, photometric="none", save_every=RPL_ITERATIONS_PER_EPOCH),
         {"steps": "RPL code: 40 epochs × 371 iterations", "lr": "RPL code (its README says 7.5e-6)",
          "head_lr_multiplier": "RPL code: atten_aspp_final at 10× lr", "optimizer": "RPL code: Adam, no weight decay",
          "clip": "RPL code: no clipping", "crop": "RPL code: 700×700 crops", "synthesizer": "RPL code: COCO outliers (a new proxy set of 2,975 filtered images every epoch), random scale and position",
@@ -53,7 +64,7 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
     "rpl+eel": (
         TrainConfig("rpl+eel", steps=30 * RPL_ITERATIONS_PER_EPOCH, loss="rpl+eel", batch_size=8, optimizer="adam", lr=5e-5,
                     head_lr_multiplier=10.0, weight_decay=0.0, poly_power=0.9, clip=None, crop=[700, 700], crop_around_anomaly=True,
-                    synthesizer="placement", anomaly_weight=0.05, alpha=1.0, photometric=False, save_every=RPL_ITERATIONS_PER_EPOCH),
+                    synthesizer="placement", anomaly_weight=0.05, alpha=1.0, photometric="none", save_every=RPL_ITERATIONS_PER_EPOCH),
         {"steps": "paper V-A: 30 epochs (371 iterations each, as RPL)", "lr": "paper V-A", "poly_power": "paper V-A: poly decay (power as RPL)",
          "anomaly_weight": "paper: λ = 0.05 (Eq. 8)", "alpha": "paper: α = 1", "synthesizer": "paper IV-A: placement + harmonization",
          "inlier_entropy": "inlier entropy pushed down, as the paper's text intends ('paper': Eq. 7's printed sign)",
@@ -62,21 +73,35 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
          "crop_around_anomaly": "RPL's crops always hold the pasted object (it pastes into the crop); placement needs the "
                                 "whole view, so the crop is chosen around a placed object"},
     ),
+    "m2a-inlier": (
+        TrainConfig("m2a-inlier", steps=90000, loss="m2a-inlier", batch_size=16, optimizer="adamw", lr=1e-4, weight_decay=0.05,
+                    poly_power=0.9, clip=0.01, crop=[380, 760], synthesizer="none", **_MASK2FORMER_DATA,
+                    mask_loss=dict(_MASK2ANOMALY_LOSS), save_every=1000),
+        {"*": "Mask2Anomaly's stage 1 (anomaly_train.yaml on Mask2Former's Cityscapes base config): the GMA Mask2Former "
+              "on Cityscapes inliers, the start of m2a and m2a+eel",
+         "steps": "anomaly_train.yaml: 90,000 iterations (Mask2Former's Cityscapes schedule)",
+         "batch_size": "Mask2Former's Cityscapes base config: IMS_PER_BATCH 16", "lr": "base config: 1e-4, poly 0.9, no warm-up",
+         "weight_decay": "base config", "clip": "base config: full-model gradient-norm clip 0.01",
+         "crop": "anomaly_train.yaml: 380×760", "synthesizer": "stage 1 sees inliers only",
+         "amp": "Mask2Former trains with AMP: --set amp=true on CUDA",
+         "save_every": "diffeel: a checkpoint to resume from every 1,000 steps (anomaly_train.yaml keeps one per 45,000)",
+         "mask_loss": "Mask2Former's matcher/loss weights, no anomaly term", **_MASK2FORMER_SOURCES},
+    ),
     "m2a": (
         TrainConfig("m2a", steps=5000, loss="m2a", batch_size=8, optimizer="adamw", lr=1e-5, weight_decay=0.05, poly_power=0.9,
-                    clip=0.01, crop=[380, 760], synthesizer="rpl-mix", paste_probability=0.2, anomaly_weight=1.0,
+                    clip=0.01, crop=[380, 760], synthesizer="rpl-mix", paste_probability=0.2, anomaly_weight=1.0, **_MASK2FORMER_DATA,
                     mask_loss={**_MASK2ANOMALY_LOSS, "contrastive_margin": 1.0, "contrastive_void_as_inlier": True,
                                "contrastive_resize": "official"}, save_every=500),
         {"steps": "Mask2Anomaly code (its paper: 4,000)", "clip": "Mask2Anomaly code: full-model gradient-norm clip 0.01",
          "paste_probability": "Mask2Anomaly code: COCO outlier at native size with p = 0.2",
          "mask_loss": "Mask2Former matcher/loss weights; contrastive margin 1.0 in code (0.75 in its paper); Mask2Anomaly "
                       "code: void pixels in the contrastive inlier term (its id mask is ood_mask == 0), the score stretched "
-                      "onto the labels with align_corners=True"},
+                      "onto the labels with align_corners=True", **_MASK2FORMER_SOURCES},
     ),
     "m2a+eel": (
         TrainConfig("m2a+eel", steps=4000, loss="m2a+eel", batch_size=8, optimizer="adamw", lr=1e-5, weight_decay=0.05, poly_power=0.9,
                     clip=0.01, crop=[380, 760], crop_around_anomaly=True, synthesizer="placement", paste_probability=0.2,
-                    anomaly_weight=0.05, alpha=1.0,
+                    anomaly_weight=0.05, alpha=1.0, **_MASK2FORMER_DATA,
                     mask_loss={**_MASK2ANOMALY_LOSS, "eel_logits": "raw"}, save_every=500),
         {"steps": "paper V-A: 4,000 iterations", "lr": "paper V-A", "weight_decay": "paper V-A", "batch_size": "paper V-A",
          "anomaly_weight": "paper: λ = 0.05 (Eq. 10)",
@@ -84,7 +109,7 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
                       "method.md); matcher/loss weights inherited from Mask2Anomaly",
          "clip": "inherited from Mask2Anomaly", "crop": "inherited from Mask2Anomaly", "paste_probability": "inherited from Mask2Anomaly",
          "crop_around_anomaly": "diffeel: the crop keeps a placed object, as for rpl+eel (Mask2Anomaly's own pastes may be "
-                                "cropped away)"},
+                                "cropped away)", **{key: f"inherited from Mask2Anomaly ({source})" for key, source in _MASK2FORMER_SOURCES.items()}},
     ),
     "demo-closed": (
         TrainConfig("closed", steps=900, loss="closed", batch_size=8, optimizer="adamw", lr=3e-3, weight_decay=1e-4, clip=5.0),
@@ -134,7 +159,7 @@ class TrainingImages:
     anomalies (with ``paste_probability``), photometric jitter.
     """
 
-    def __init__(self, folder, synthesizer=None, photometric: bool = True, crop=None, paste_probability: float = 1.0):
+    def __init__(self, folder, synthesizer=None, photometric: str = "jitter", crop=None, paste_probability: float = 1.0):
         folder = Path(folder)
         images = sorted((folder / "images").glob("*.png"))
         if not images:
@@ -224,6 +249,53 @@ def residual_parameter_groups(model: torch.nn.Module, head_lr_multiplier: float)
     return [{"params": rest}, {"params": head, "lr_multiplier": head_lr_multiplier}]
 
 
+def mask2anomaly_stage_one(backbone, *, allow_pickle: bool = False, **options) -> torch.nn.Module:
+    """The ``m2a-inlier`` start: ``mask2anomaly_r50`` with its backbone loaded strictly from
+    ``backbone`` (Barlow Twins' ``resnet50.pth`` in torchvision layout, detectron2 layout, or full
+    model keys), the rest initialised as the model does."""
+    from ..models import create_model
+    from ..models.factory import read_model_state
+    from ..models.mask2anomaly import load_backbone_weights
+
+    model = create_model("mask2anomaly_r50", **options)
+    load_backbone_weights(model, read_model_state(backbone, allow_pickle=allow_pickle), str(backbone))
+    return model
+
+
+def stage_one_warning(recipe: str, checkpoint, *, allow_pickle: bool = False) -> str | None:
+    """Why ``checkpoint`` is the wrong start for ``m2a`` / ``m2a+eel``, or None: both fine-tune a
+    stage-1 (inlier) model, which a diffeel ``m2a-inlier`` run writes; Mask2Anomaly's released
+    ``model_final.pth`` is the end of its stage 2, already tuned with the contrastive loss that
+    Eq. 10 replaces."""
+    if recipe not in ("m2a", "m2a+eel"):
+        return None
+    config = load_state(checkpoint, allow_pickle=allow_pickle).get("config")
+    if isinstance(config, dict) and config.get("recipe") == "m2a-inlier":
+        return None
+    return (f"{checkpoint} is not an m2a-inlier checkpoint. If it is Mask2Anomaly's released model_final.pth, it has "
+            f"already been fine-tuned with the contrastive loss (its stage 2), which {recipe} {'replaces with Eq. 10' if recipe == 'm2a+eel' else 'applies again'}; "
+            "the published recipe starts from a stage-1 inlier model: train one with --recipe m2a-inlier --backbone resnet50.pth")
+
+
+NORM_MODULES = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.LocalResponseNorm)
+
+
+def mask_parameter_groups(model: torch.nn.Module, decay_norm_and_embedding: bool = True) -> list[dict]:
+    """The trainable parameters (the backbone is frozen by the model); with
+    ``decay_norm_and_embedding=False``, those of normalisation and embedding modules in a group
+    without weight decay, as Mask2Former's ``build_optimizer`` sets them (by module type)."""
+    no_decay = set()
+    if not decay_norm_and_embedding:
+        for module in model.modules():
+            if isinstance(module, (*NORM_MODULES, torch.nn.Embedding)):
+                no_decay.update(id(parameter) for parameter in module.parameters(recurse=False))
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in no_decay]}]
+    if no_decay:
+        groups.append({"params": [p for p in trainable if id(p) in no_decay], "weight_decay": 0.0})
+    return groups
+
+
 def load_small_host(checkpoint) -> SmallDeepLab:
     """A closed small DeepLab from a ``demo-closed`` run's checkpoint (strict load)."""
     path = Path(checkpoint)
@@ -276,7 +348,7 @@ def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Mod
     """
     if config.loss in MASK_LOSSES:
         raise DiffeelError(f"the {config.recipe} recipe trains the Mask2Anomaly host on Cityscapes: give --cityscapes and "
-                           "--host mask2anomaly_r50 --checkpoint model_final.pth")
+                           "--host mask2anomaly_r50")
     loss = loss_for(config)
     world_train = Path(world_train)
     if not (world_train / "images").is_dir():
@@ -384,6 +456,7 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
     dataset = CityscapesTraining(cityscapes, config.seed, crop=config.crop, paste_probability=config.paste_probability,
                                  paste_before_crop=config.synthesizer == "placement" or config.loss in MASK_LOSSES,
                                  crop_around_anomaly=config.crop_around_anomaly,
+                                 resize=(config.resize_short_side, config.resize_max_size) if config.resize_short_side else None,
                                  photometric=config.photometric)
     source = None if config.synthesizer == "none" else outlier_source(config, coco=coco, objects=objects, inlier_frames=len(dataset))
     dataset.options["synthesizer"] = build_synthesizer(config, source=source)
@@ -392,7 +465,7 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
     if config.loss in MASK_LOSSES:
         if not is_mask_model(model):
             raise DiffeelError(f"the {config.recipe} recipe trains a mask model; use --host mask2anomaly_r50")
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]  # the backbone is frozen by the model
+        groups = mask_parameter_groups(model, config.decay_norm_and_embedding)
     else:
         if not hasattr(model, "residual_block"):
             raise DiffeelError("the host has no RPL residual module to train; use rpl_wrn38 (or small_rpl)")
