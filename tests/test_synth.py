@@ -359,3 +359,51 @@ def test_bank_errors_are_clear(tmp_path):
         ObjectBank([])
     with pytest.raises(DiffeelError, match="height range"):
         solid_object((1, 2, 3), "x", height_range=(0.5, 0.2))
+
+
+# ---------------------------------------------------------------------------------------------
+# the placement search
+
+
+def two_tone_road(rows=120, cols=240):
+    """Road over the bottom half: its left half red like the object, its right half blue."""
+    labels = np.full((rows, cols), TRAIN_ID["sky"], np.uint8)
+    labels[rows // 2:] = TRAIN_ID["road"]
+    image = np.zeros((rows, cols, 3), np.uint8)
+    image[:, : cols // 2] = (200, 40, 40)
+    image[:, cols // 2:] = (40, 40, 200)
+    return image, labels
+
+
+def test_placement_search_prefers_where_the_object_already_fits():
+    """The best-scored placement lands where the surroundings share the object's colours; the first
+    valid candidate lands anywhere on the road."""
+    image, labels = two_tone_road()
+    bank = ObjectBank([solid_object((190, 50, 50), "red", h=30, w=20, height_range=(1.0, 1.0))])
+    sides = {}
+    for search in ("first", "best"):
+        synthesizer = CopyPasteSynthesizer(bank, harmonize=False, search=search)
+        left = 0
+        for seed in range(40):
+            result = synthesizer.synthesize(image, labels, np.random.default_rng(seed))
+            placement = result.objects[0].placement
+            left += placement.left + placement.width // 2 < labels.shape[1] // 2
+        sides[search] = left / 40
+    assert sides["best"] >= 0.95 and 0.2 < sides["first"] < 0.8
+
+
+def test_placement_score_counts_road_support_and_appearance():
+    from diffeel.synth.illumination import to_lab
+    from diffeel.synth.synthesizer import placement_scorer
+
+    image, labels = two_tone_road()
+    labels[90:, 100:140] = TRAIN_ID["sidewalk"]  # a patch of pavement under the middle of the road
+    red = to_lab(np.full((4, 4, 3), (200, 40, 40), np.uint8)).reshape(-1, 3)
+    score = placement_scorer(labels, to_lab(image), red)
+    on_road = Placement(60, 20, 30, 20, 89)  # band: rows 89..95 (a quarter of the 30-row box), all road
+    over_pavement = Placement(60, 110, 30, 20, 89)  # the same band over the pavement from row 90: 1 of 7 rows road
+    support_only = placement_scorer(labels, np.zeros_like(to_lab(image)), np.zeros((4, 3), np.float32))
+    assert support_only(on_road) == 1.0 and support_only(over_pavement) == pytest.approx(1 / 7)
+    assert score(on_road) > score(over_pavement)
+    with pytest.raises(DiffeelError, match="search must be"):
+        CopyPasteSynthesizer(ObjectBank([solid_object((1, 2, 3), "x")]), search="random")

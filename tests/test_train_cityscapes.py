@@ -18,6 +18,7 @@ import benchmark_fixtures as fixtures
 from diffeel.cli import main
 from diffeel.data.benchmarks import load_benchmark
 from diffeel.distributed import Distributed
+from diffeel.errors import DiffeelError
 from diffeel.models import RPLWiderResNet38, create_model, scoring_logits
 from diffeel.scoring import validate_model
 from diffeel.train.data import EpochBatches
@@ -425,3 +426,38 @@ def test_mask2anomaly_stage_one_then_fine_tuning_from_it(data, tmp_path):
     assert code == 0 and "warning" in err and "contrastive loss (its stage 2)" in err and "--recipe m2a-inlier" in err
     code, _, err = run(*common, "--recipe", "m2a-inlier", "--checkpoint", tmp_path / "model_final.pth", "--out", tmp_path / "bad")
     assert code == 2 and "--backbone" in err
+
+
+def test_diffeel_presets_run_the_paper_blender_and_say_which_stages_ran(data, tmp_path):
+    """rpl+eel / m2a+eel: the placement search, illumination, DoveNet when its weights are given;
+    without them the recorded config says illumination only, and the run says why."""
+    from diffeel.models.dovenet import DoveNetGenerator
+    from diffeel.synth.harmonize import DoveNetBlender
+    from diffeel.synth.synthesizer import IlluminationBlender
+    from diffeel.train.recipes import build_synthesizer, harmonizer_stages
+
+    for recipe in ("rpl+eel", "m2a+eel"):
+        config = preset(recipe)
+        assert config.placement == "best" and config.harmonizer == "illumination+dovenet"
+        quiet, note = harmonizer_stages(config, None)
+        assert quiet.harmonizer == "illumination" and "DoveNet harmonization not run" in note
+        assert harmonizer_stages(config, "weights.pth") == (config, None)
+    with pytest.raises(DiffeelError, match="--harmonizer weights are for a placement recipe"):
+        harmonizer_stages(preset("rpl"), "weights.pth")
+    assert preset("rpl").harmonizer == "none" and preset("m2a").harmonizer == "none"  # no blender: none claimed
+
+    synthesizer = build_synthesizer(preset("rpl+eel"), data / "bank", harmonizer_weights=DoveNetGenerator(ngf=4))
+    assert synthesizer.search == "best"
+    assert [type(stage) for stage in synthesizer.blender.stages] == [IlluminationBlender, DoveNetBlender]
+    with pytest.raises(DiffeelError, match="asks for DoveNet"):
+        build_synthesizer(preset("rpl+eel"), data / "bank")
+
+    code, out, err = run("train", "--recipe", "rpl+eel", "--show-config")
+    assert code == 0 and 'harmonizer: "illumination"  # DoveNet harmonization not run' in out
+    code, out, _ = run("train", "--recipe", "rpl+eel", "--show-config", "--harmonizer", tmp_path / "latest_net_G.pth")
+    assert code == 0 and 'harmonizer: "illumination+dovenet"  # paper IV-A' in out
+    code, _, err = run("train", "--recipe", "rpl+eel", "--cityscapes", data / "cityscapes", "--host", "rpl_wrn38",
+                       "--checkpoint", data / "cityscapes_best.pth", "--model-option", "width_divisor=16", "--objects", data / "bank",
+                       "--set", "steps=1", "--set", "batch_size=2", "--set", "crop=[32,48]", "--out", tmp_path / "run", "--quiet")
+    assert code == 0 and "note: DoveNet harmonization not run" in err, err
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["config"]["harmonizer"] == "illumination"

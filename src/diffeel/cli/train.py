@@ -36,6 +36,9 @@ def add_parser(commands) -> None:
                           "(rpl_wrn38, or package.module:factory)")
     training.add_argument("--checkpoint", help="Cityscapes: the weights to start from (NVIDIA's cityscapes_best.pth or RPL's res.pth "
                           "for rpl / rpl+eel; an m2a-inlier run's checkpoint.pt for m2a / m2a+eel)")
+    training.add_argument("--harmonizer", help="DoveNet's latest_net_G.pth: the placement recipes (rpl+eel, m2a+eel) harmonize "
+                          "with it after illumination matching, as the paper's blender; without it they blend by illumination "
+                          "only and say so")
     training.add_argument("--backbone", help="m2a-inlier: the backbone's starting weights (Barlow Twins' resnet50.pth, torchvision layout)")
     training.add_argument("--model-option", action="append", type=setting, metavar="NAME=VALUE", help="host constructor option (repeatable)")
     training.add_argument("--allow-pickle", action="store_true", help="allow a legacy checkpoint that needs full unpickling (can run code)")
@@ -57,14 +60,15 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..report.output import check_output_dir
-    from ..train.recipes import describe, load_small_host, preset, train_on_world
+    from ..train.recipes import describe, harmonizer_stages, load_small_host, preset, train_on_world
 
     overrides = dict(args.set or [])
     if args.seed is not None:
         overrides["seed"] = args.seed
     config = preset(args.recipe, **overrides)
     if args.show_config:
-        print(describe(args.recipe, config), end="")
+        shown, note = harmonizer_stages(config, args.harmonizer)  # what a run with these weights would run
+        print(describe(args.recipe, shown, {"harmonizer": note} if note else None), end="")
         return
     if args.cityscapes:
         return _train_cityscapes(args, config)
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> None:
     host = load_small_host(args.host) if args.host else None
     validate = _validation(args, args.device)
     train_on_world(config, world_train, args.out, host=host, device=args.device, progress=not args.quiet, validate=validate,
-                   objects=args.objects)
+                   objects=args.objects, harmonizer=args.harmonizer)
     print(f"trained {args.recipe} for {config.steps} steps → {Path(args.out) / 'checkpoint.pt'} (log.jsonl beside it)")
 
 
@@ -129,7 +133,8 @@ def _train_cityscapes(args: argparse.Namespace, config) -> None:
         if warning and context.is_main:
             print(f"diffeel train: warning: {warning}", file=sys.stderr)
 
-        summary = train_on_cityscapes(config, args.cityscapes, args.out, make_model, coco=args.coco, objects=args.objects, device=device,
+        summary = train_on_cityscapes(config, args.cityscapes, args.out, make_model, coco=args.coco, objects=args.objects,
+                                      harmonizer=args.harmonizer, device=device,
                                       context=context, workers=args.workers, validate=_validation(args, device),
                                       progress=not args.quiet)
         if context.is_main:

@@ -80,7 +80,7 @@ def box_size(camera: Camera, real_height: float, foot_row, aspect: float) -> tup
     return height, width
 
 
-def _member(labels: np.ndarray, ids) -> np.ndarray:
+def label_member(labels: np.ndarray, ids) -> np.ndarray:
     """``np.isin(labels, ids)``; a lookup table for uint8 maps (several times faster)."""
     if labels.dtype == np.uint8:
         table = np.zeros(256, dtype=bool)
@@ -91,14 +91,17 @@ def _member(labels: np.ndarray, ids) -> np.ndarray:
 
 def find_placement(train_ids, object_aspect: float, real_height: float, camera: Camera, rng: np.random.Generator,
                    drivable=DRIVABLE, attempts: int = 50, *, avoid=OCCLUDERS, min_height_px: int = MIN_HEIGHT_PX,
-                   footprint: float = FOOTPRINT_SHARE) -> Placement | None:
-    """A random valid :class:`Placement` for an object, or None when none is found.
+                   footprint: float = FOOTPRINT_SHARE, score=None) -> Placement | None:
+    """A valid :class:`Placement` for an object, or None when none is found.
 
     Candidate contact points are drawn (without replacement, at most ``attempts``) from the drivable
     pixels whose box fits the image for geometric reasons alone (the object is tall enough to see,
-    its box stays inside the image); each is then checked for its footprint and for ``avoid``
-    classes, and the first that passes is returned. None when the map has no such pixel (no road,
-    a road too small or only near the horizon) or every attempt failed.
+    its box stays inside the image, its height the ground-plane perspective's at that row); each is
+    then checked for its footprint and for ``avoid`` classes. Without ``score`` the first that
+    passes is returned; with ``score(placement) -> float`` every candidate that passes is scored and
+    the best returned (the first of equals): the paper's search for an optimal placement. None when
+    the map has no such pixel (no road, a road too small or only near the horizon) or every attempt
+    failed.
     """
     train_ids = np.asarray(train_ids)
     if train_ids.ndim != 2:
@@ -119,7 +122,7 @@ def find_placement(train_ids, object_aspect: float, real_height: float, camera: 
     first = usable_rows[0]  # heights grow with the row, so the usable rows are the bottom band ...
     half = widths[first:, None] // 2
     col_index = np.arange(cols)[None, :]
-    usable = _member(train_ids[first:], drivable)
+    usable = label_member(train_ids[first:], drivable)
     usable &= row_ok[first:, None]  # ... except where the box grows taller than the image
     usable &= col_index >= half  # left >= 0
     usable &= col_index <= cols - widths[first:, None] + half  # left + width <= cols
@@ -130,14 +133,20 @@ def find_placement(train_ids, object_aspect: float, real_height: float, camera: 
     drivable_set = np.asarray(drivable)
     avoid_set = np.asarray(avoid)
     tries = rng.choice(candidates.size, size=min(int(attempts), candidates.size), replace=False)
+    best, best_score = None, -math.inf
     for flat in candidates[tries]:
         foot_row, foot_col = divmod(int(flat), cols)
         height, width = int(heights[foot_row]), int(widths[foot_row])
         top, left = foot_row - height + 1, foot_col - width // 2
         a, b = footprint_columns(width, footprint)
-        if not _member(train_ids[foot_row, left + a:left + b], drivable_set).all():
+        if not label_member(train_ids[foot_row, left + a:left + b], drivable_set).all():
             continue
-        if avoid_set.size and _member(train_ids[top:foot_row + 1, left:left + width], avoid_set).any():
+        if avoid_set.size and label_member(train_ids[top:foot_row + 1, left:left + width], avoid_set).any():
             continue
-        return Placement(top, left, height, width, foot_row)
-    return None
+        placement = Placement(top, left, height, width, foot_row)
+        if score is None:
+            return placement
+        value = float(score(placement))
+        if value > best_score:
+            best, best_score = placement, value
+    return best

@@ -30,8 +30,43 @@ from ..errors import DiffeelError
 from ..geometry import Camera
 from .bank import BankObject, ObjectSource, tight_crop
 from .compose import check_image, check_label, check_mask, paste
-from .illumination import DEFAULT_STRENGTH, match_illumination
-from .placement import DRIVABLE, MIN_HEIGHT_PX, OCCLUDERS, Placement, find_placement
+from .illumination import DEFAULT_STRENGTH, match_illumination, ring_window, to_lab
+from .placement import DRIVABLE, MIN_HEIGHT_PX, OCCLUDERS, Placement, label_member, find_placement, footprint_columns
+
+PLACEMENT_SEARCHES = ("first", "best")
+APPEARANCE_SCALE = 100.0  # Lab distances in units of the L* range
+
+
+def placement_scorer(train_ids: np.ndarray, image_lab: np.ndarray, object_lab_pixels: np.ndarray, drivable=DRIVABLE):
+    """``score(placement)`` for the placement search: road support minus appearance distance.
+
+    - road support: the share of drivable pixels in the band under the object's footprint (its
+      middle columns, from the foot row down a quarter of the box height): an object well inside the
+      road scores 1, one at a road edge less;
+    - appearance distance: between the object's Lab mean and standard deviation and those of the ring
+      around its box (the spec's illumination score), ``(|Δμ| + |Δσ|) / 100``: a place whose light
+      and colour the object already shares needs less harmonization.
+
+    Perspective height is not scored: :func:`~diffeel.synth.placement.find_placement` only offers
+    boxes of the ground-plane height at their row.
+    """
+    object_mean, object_std = object_lab_pixels.mean(axis=0), object_lab_pixels.std(axis=0)
+    rows = train_ids.shape[0]
+
+    def score(placement: Placement) -> float:
+        a, b = footprint_columns(placement.width)
+        band = train_ids[placement.foot_row:min(rows, placement.foot_row + max(2, placement.height // 4)),
+                         placement.left + a:placement.left + b]
+        support = float(label_member(band, drivable).mean()) if band.size else 1.0
+        window, ring = ring_window(train_ids.shape, placement)
+        ring_lab = image_lab[window][ring].astype(np.float64)
+        if not len(ring_lab):
+            return support
+        distance = np.linalg.norm(ring_lab.mean(axis=0) - object_mean) + np.linalg.norm(ring_lab.std(axis=0) - object_std)
+        return support - float(distance) / APPEARANCE_SCALE
+
+    return score
+
 
 MaskExtractor = Callable[[np.ndarray], np.ndarray]
 
@@ -134,12 +169,13 @@ class CopyPasteSynthesizer(Synthesizer):
 
     Objects that find no placement are skipped (a frame without road comes back unchanged).
     Placements are chosen on the original label map, then pasted far to near (foot row ascending),
-    so a nearer object covers a farther one where they overlap.
+    so a nearer object covers a farther one where they overlap. ``search``: ``"first"`` takes the
+    first valid random candidate, ``"best"`` the best of them by :func:`placement_scorer`.
     """
 
     def __init__(self, bank: ObjectSource, objects_per_image: int | tuple[int, int] = 1, camera: Camera | None = None,
                  harmonize: bool | Blender = True, *, extractor: MaskExtractor | None = None, drivable=DRIVABLE,
-                 avoid=OCCLUDERS, attempts: int = 50, min_height_px: int = MIN_HEIGHT_PX):
+                 avoid=OCCLUDERS, attempts: int = 50, min_height_px: int = MIN_HEIGHT_PX, search: str = "first"):
         if not callable(getattr(bank, "sample", None)):
             raise DiffeelError(f"the object source needs a sample(rng) method, got {type(bank).__name__}")
         low, high = (objects_per_image, objects_per_image) if np.isscalar(objects_per_image) else objects_per_image
@@ -162,6 +198,9 @@ class CopyPasteSynthesizer(Synthesizer):
         self.avoid = tuple(avoid)
         self.attempts = int(attempts)
         self.min_height_px = int(min_height_px)
+        if search not in PLACEMENT_SEARCHES:
+            raise DiffeelError(f"search must be one of {', '.join(PLACEMENT_SEARCHES)}, got {search!r}")
+        self.search = search
 
     # stage 1 + 2: an object and its mask, cropped tightly
     def draw_object(self, rng: np.random.Generator) -> tuple[BankObject, np.ndarray, np.ndarray]:
@@ -174,9 +213,9 @@ class CopyPasteSynthesizer(Synthesizer):
         return obj, rgb, mask
 
     # stage 3
-    def place(self, train_ids, aspect: float, real_height: float, camera: Camera, rng) -> Placement | None:
+    def place(self, train_ids, aspect: float, real_height: float, camera: Camera, rng, score=None) -> Placement | None:
         return find_placement(train_ids, aspect, real_height, camera, rng, self.drivable, self.attempts,
-                              avoid=self.avoid, min_height_px=self.min_height_px)
+                              avoid=self.avoid, min_height_px=self.min_height_px, score=score)
 
     # stage 4
     def blend(self, image, object_rgb, object_mask, placement: Placement) -> np.ndarray:
@@ -194,6 +233,7 @@ class CopyPasteSynthesizer(Synthesizer):
 
         low, high = self.count_range
         count = low if low == high else int(rng.integers(low, high + 1))
+        image_lab = to_lab(image) if self.search == "best" and count else None
         planned = []
         for _ in range(count):
             obj, rgb, mask = self.draw_object(rng)
@@ -201,7 +241,10 @@ class CopyPasteSynthesizer(Synthesizer):
                 continue
             real_height = float(rng.uniform(*obj.height_range))
             aspect = mask.shape[1] / mask.shape[0]
-            placement = self.place(train_ids, aspect, real_height, camera, rng)
+            score = None
+            if image_lab is not None:
+                score = placement_scorer(train_ids, image_lab, to_lab(rgb)[mask], self.drivable)
+            placement = self.place(train_ids, aspect, real_height, camera, rng, score)
             if placement is None:
                 continue
             rgb, mask = resize_object(rgb, mask, placement.height, placement.width)
@@ -217,6 +260,6 @@ class CopyPasteSynthesizer(Synthesizer):
 
 
 __all__ = [
-    "Blender", "CopyPasteSynthesizer", "IlluminationBlender", "MaskExtractor", "PastedObject",
+    "Blender", "CopyPasteSynthesizer", "IlluminationBlender", "MaskExtractor", "PastedObject", "placement_scorer",
     "SynthesisResult", "Synthesizer", "camera_for", "keep_colours", "resize_object",
 ]

@@ -37,6 +37,7 @@ LOSSES = ("closed", "rpl", "rpl+eel", "m2a-inlier", "m2a", "m2a+eel")
 SYNTHESIZERS = ("none", "placement", "rpl-mix")
 OPTIMIZERS = ("adam", "adamw")
 PHOTOMETRIC = ("none", "jitter", "ssd")  # the colour augmentation of training frames
+HARMONIZERS = ("none", "illumination", "illumination+dovenet")  # the blender's stages, in their order
 
 
 @dataclass
@@ -64,6 +65,8 @@ class TrainConfig:
     # anomaly synthesis
     synthesizer: str = "none"  # "placement" (diffeel, Eq. 1) | "rpl-mix" (RPL's random paste) | "none"
     objects_per_image: int = 1
+    placement: str = "first"  # "best": candidates scored (road support, appearance); "first": the first valid one
+    harmonizer: str = "illumination"  # the blender's stages: "none", "illumination", "illumination+dovenet"
     object_pool: float = 1.0  # share of the object bank used (Table V's amount of anomalous objects)
     paste_probability: float = 1.0  # share of frames that receive pasted objects
     # loss weights
@@ -79,7 +82,11 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.photometric, bool):  # configs written when this was a switch
             self.photometric = "jitter" if self.photometric else "none"
+        if self.synthesizer != "placement":
+            self.harmonizer = "none"  # only the placement synthesizer blends: no other claims a blender stage
         checks = [
+            (self.placement in ("first", "best"), f"placement must be first or best, got {self.placement!r}"),
+            (self.harmonizer in HARMONIZERS, f"harmonizer must be one of {', '.join(HARMONIZERS)}, got {self.harmonizer!r}"),
             (self.photometric in PHOTOMETRIC, f"photometric must be one of {', '.join(PHOTOMETRIC)}, got {self.photometric!r}"),
             (self.resize_short_side is None or (len(self.resize_short_side) > 0 and all(
                 isinstance(side, int) and side > 0 for side in self.resize_short_side)),

@@ -18,6 +18,7 @@ data; the checkpoint stores the config that ran.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,11 @@ from .loop import TrainConfig, step_generator, train
 
 RPL_ITERATIONS_PER_EPOCH = 371  # RPL's code: 2975 Cityscapes frames / batch 8
 MASK_LOSSES = ("m2a-inlier", "m2a", "m2a+eel")
+_BLENDER_SOURCES = {
+    "placement": "paper IV-A: the blender searches the image for an optimal placement (candidates scored by road support "
+                 "and appearance distance; heights follow the perspective)",
+    "harmonizer": "paper IV-A: size and illumination adjusted, then DoveNet [55] (needs --harmonizer WEIGHTS)",
+}
 # Mask2Former's Cityscapes base config (Base-Cityscapes-SemanticSegmentation.yaml), which Mask2Anomaly's configs extend
 MASK2FORMER_SHORT_SIDES = [int(x * 0.1 * 1024) for x in range(5, 21)]  # INPUT.MIN_SIZE_TRAIN, "choice" sampling
 MASK2FORMER_MAX_SIZE = 4096  # INPUT.MAX_SIZE_TRAIN
@@ -64,9 +70,11 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
     "rpl+eel": (
         TrainConfig("rpl+eel", steps=30 * RPL_ITERATIONS_PER_EPOCH, loss="rpl+eel", batch_size=8, optimizer="adam", lr=5e-5,
                     head_lr_multiplier=10.0, weight_decay=0.0, poly_power=0.9, clip=None, crop=[700, 700], crop_around_anomaly=True,
-                    synthesizer="placement", anomaly_weight=0.05, alpha=1.0, photometric="none", save_every=RPL_ITERATIONS_PER_EPOCH),
+                    synthesizer="placement", placement="best", harmonizer="illumination+dovenet", anomaly_weight=0.05, alpha=1.0,
+                    photometric="none", save_every=RPL_ITERATIONS_PER_EPOCH),
         {"steps": "paper V-A: 30 epochs (371 iterations each, as RPL)", "lr": "paper V-A", "poly_power": "paper V-A: poly decay (power as RPL)",
-         "anomaly_weight": "paper: λ = 0.05 (Eq. 8)", "alpha": "paper: α = 1", "synthesizer": "paper IV-A: placement + harmonization",
+         "anomaly_weight": "paper: λ = 0.05 (Eq. 8)", "alpha": "paper: α = 1", "synthesizer": "paper IV-A: the harmonization blender pastes objects on the road",
+         **_BLENDER_SOURCES,
          "inlier_entropy": "inlier entropy pushed down, as the paper's text intends ('paper': Eq. 7's printed sign)",
          "optimizer": "inherited from RPL", "head_lr_multiplier": "inherited from RPL", "batch_size": "inherited from RPL",
          "crop": "inherited from RPL", "clip": "inherited from RPL", "photometric": "inherited from RPL",
@@ -100,7 +108,8 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
     ),
     "m2a+eel": (
         TrainConfig("m2a+eel", steps=4000, loss="m2a+eel", batch_size=8, optimizer="adamw", lr=1e-5, weight_decay=0.05, poly_power=0.9,
-                    clip=0.01, crop=[380, 760], crop_around_anomaly=True, synthesizer="placement", paste_probability=0.2,
+                    clip=0.01, crop=[380, 760], crop_around_anomaly=True, synthesizer="placement", placement="best",
+                    harmonizer="illumination+dovenet", paste_probability=0.2,
                     anomaly_weight=0.05, alpha=1.0, **_MASK2FORMER_DATA,
                     mask_loss={**_MASK2ANOMALY_LOSS, "eel_logits": "raw"}, save_every=500),
         {"steps": "paper V-A: 4,000 iterations", "lr": "paper V-A", "weight_decay": "paper V-A", "batch_size": "paper V-A",
@@ -108,6 +117,7 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
          "mask_loss": "paper: λ_ce = 1; eel_logits raw: L_eel on y_hat = c^T·Sigmoid(m) with raw class logits (paper IV-B, "
                       "method.md); matcher/loss weights inherited from Mask2Anomaly",
          "clip": "inherited from Mask2Anomaly", "crop": "inherited from Mask2Anomaly", "paste_probability": "inherited from Mask2Anomaly",
+         **_BLENDER_SOURCES,
          "crop_around_anomaly": "diffeel: the crop keeps a placed object, as for rpl+eel (Mask2Anomaly's own pastes may be "
                                 "cropped away)", **{key: f"inherited from Mask2Anomaly ({source})" for key, source in _MASK2FORMER_SOURCES.items()}},
     ),
@@ -136,8 +146,9 @@ def preset(name: str, **overrides) -> TrainConfig:
     return PRESETS[name][0].with_overrides(overrides)
 
 
-def describe(name: str, config: TrainConfig) -> str:
-    """The settings of a run, one per line, each with where its value comes from."""
+def describe(name: str, config: TrainConfig, notes: dict[str, str] | None = None) -> str:
+    """The settings of a run, one per line, each with where its value comes from (``notes`` say
+    why a value differs from the preset's, e.g. a stage that cannot run)."""
     import json
     from dataclasses import asdict
 
@@ -147,7 +158,7 @@ def describe(name: str, config: TrainConfig) -> str:
     for key, value in asdict(config).items():
         note = sources.get(key, "")
         if default is not None and getattr(default, key) != value:
-            note = "overridden"
+            note = (notes or {}).get(key, "overridden")
         lines.append(f"{key}: {json.dumps(value)}" + (f"  # {note}" if note else ""))
     return "\n".join(lines) + "\n"
 
@@ -314,9 +325,34 @@ def load_small_host(checkpoint) -> SmallDeepLab:
     return host.eval()
 
 
-def build_synthesizer(config: TrainConfig, objects_folder=None, source=None):
+def harmonizer_stages(config: TrainConfig, weights=None) -> tuple[TrainConfig, str | None]:
+    """The config a run really uses for the blender, and a note when it differs from the one asked
+    for: DoveNet needs its weights (``--harmonizer``), so without them a preset asking for
+    ``illumination+dovenet`` runs (and records) ``illumination`` alone. Weights for a config whose
+    blender has no DoveNet stage are an error, not silently unused."""
+    wants_dovenet = config.synthesizer == "placement" and config.harmonizer.endswith("dovenet")
+    if weights is not None and not wants_dovenet:
+        raise DiffeelError(f"--harmonizer weights are for a placement recipe whose harmonizer includes dovenet; {config.recipe} "
+                           f"has synthesizer {config.synthesizer!r} and harmonizer {config.harmonizer!r}")
+    if wants_dovenet and weights is None:
+        return config.with_overrides({"harmonizer": "illumination"}), (
+            "DoveNet harmonization not run: no --harmonizer weights (DoveNet's latest_net_G.pth) were given, so pasted "
+            "objects are blended by illumination matching only")
+    return config, None
+
+
+def _blender_as_run(config: TrainConfig, weights, context: Distributed) -> TrainConfig:
+    """:func:`harmonizer_stages`, its note said once on stderr: the run records the stages it runs."""
+    config, note = harmonizer_stages(config, weights)
+    if note and context.is_main:
+        print(f"diffeel train: note: {note}.", file=sys.stderr)
+    return config
+
+
+def build_synthesizer(config: TrainConfig, objects_folder=None, source=None, harmonizer_weights=None):
     """The config's anomaly synthesizer over ``source``, or over ``object_pool`` of the bank in
-    ``objects_folder``."""
+    ``objects_folder``; a placement synthesizer blends with the stages ``config.harmonizer`` names
+    (DoveNet from ``harmonizer_weights``, run on the CPU of the data-loading processes)."""
     if config.synthesizer == "none":
         return None
     from ..synth import RPL_SCALES, CopyPasteSynthesizer, ObjectBank, RPLMixSynthesizer
@@ -330,7 +366,15 @@ def build_synthesizer(config: TrainConfig, objects_folder=None, source=None):
         # Mask2Anomaly pastes its COCO outliers at their native size; RPL rescales them
         scales = (1.0,) if config.loss in MASK_LOSSES else RPL_SCALES
         return RPLMixSynthesizer(bank, objects_per_image=config.objects_per_image, scales=scales)
-    return CopyPasteSynthesizer(bank, objects_per_image=config.objects_per_image)
+    if config.harmonizer == "illumination+dovenet":
+        if harmonizer_weights is None:
+            raise DiffeelError("the harmonizer setting asks for DoveNet: give its weights with --harmonizer latest_net_G.pth")
+        from ..synth.harmonize import make_blender
+
+        blender = make_blender(illumination=True, dovenet=harmonizer_weights, device="cpu")
+    else:
+        blender = config.harmonizer == "illumination"
+    return CopyPasteSynthesizer(bank, objects_per_image=config.objects_per_image, harmonize=blender, search=config.placement)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -339,7 +383,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Module | None = None, device: str = "cpu",
-                   progress: bool = True, stop_after: int | None = None, validate=None, objects=None) -> torch.nn.Module:
+                   progress: bool = True, stop_after: int | None = None, validate=None, objects=None,
+                   harmonizer=None) -> torch.nn.Module:
     """Train ``config`` on a world's training split (``world make``'s ``train/``), resumably, with
     objects from ``objects`` (any bank folder: diffusion objects, COCO cut-outs) or the world's own.
 
@@ -349,6 +394,7 @@ def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Mod
     if config.loss in MASK_LOSSES:
         raise DiffeelError(f"the {config.recipe} recipe trains the Mask2Anomaly host on Cityscapes: give --cityscapes and "
                            "--host mask2anomaly_r50")
+    config = _blender_as_run(config, harmonizer, Distributed())
     loss = loss_for(config)
     world_train = Path(world_train)
     if not (world_train / "images").is_dir():
@@ -360,7 +406,7 @@ def train_on_world(config: TrainConfig, world_train, out_dir, host: torch.nn.Mod
         if host is None:
             raise DiffeelError(f"the {config.loss} recipe trains around a closed host; give its checkpoint")
         model, groups = residual_model(host.to(device), config.seed, config.head_lr_multiplier)
-    data = TrainingImages(world_train, build_synthesizer(config, objects or world_train / "objects"), crop=config.crop,
+    data = TrainingImages(world_train, build_synthesizer(config, objects or world_train / "objects", harmonizer_weights=harmonizer), crop=config.crop,
                           paste_probability=config.paste_probability, photometric=config.photometric)
 
     def batch(step):
@@ -438,7 +484,7 @@ class StepBatches:
         return images.contiguous(memory_format=torch.channels_last), labels.to(self.device, non_blocking=True)
 
 
-def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *, coco=None, objects=None,
+def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *, coco=None, objects=None, harmonizer=None,
                         device: torch.device, context: Distributed = Distributed(), workers: int = 0, validate=None,
                         progress: bool = True, stop_after: int | None = None) -> dict:
     """Train the residual module of ``make_model()`` (an RPL host: ``rpl_wrn38``, …; built after the
@@ -451,6 +497,7 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
     if config.loss == "closed":
         raise DiffeelError(f"the {config.recipe} recipe trains a closed-set host, which diffeel trains on worlds only; "
                            "use rpl, rpl+eel, m2a or m2a+eel on Cityscapes")
+    config = _blender_as_run(config, harmonizer, context)
     loss = loss_for(config)
     # placement needs the camera's whole view, and Mask2Anomaly pastes before augmenting: both paste first
     dataset = CityscapesTraining(cityscapes, config.seed, crop=config.crop, paste_probability=config.paste_probability,
@@ -459,7 +506,7 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
                                  resize=(config.resize_short_side, config.resize_max_size) if config.resize_short_side else None,
                                  photometric=config.photometric)
     source = None if config.synthesizer == "none" else outlier_source(config, coco=coco, objects=objects, inlier_frames=len(dataset))
-    dataset.options["synthesizer"] = build_synthesizer(config, source=source)
+    dataset.options["synthesizer"] = build_synthesizer(config, source=source, harmonizer_weights=harmonizer)
     torch.manual_seed(config.seed)  # the residual module's Kaiming start is seeded
     model = make_model()
     if config.loss in MASK_LOSSES:
