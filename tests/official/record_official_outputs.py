@@ -1,0 +1,130 @@
+"""Record the official networks' outputs on name-derived weights (tests/official_weights.py) into
+tests/data/official/*.pt, the fixtures tests/test_official_parity.py compares diffeel with.
+
+Not run by the test suite: it needs the official code, which is not part of diffeel. Check out each
+repository at the pinned commit, then run, from the repository root:
+
+    python tests/official/record_official_outputs.py \\
+        --rpl RPL --u2net U-2-Net --dovenet Image-Harmonization-Dataset-iHarmony4
+
+- RPL (yyliu01/RPL, commit 1a327d50e78176202a457c894a56ac6e6e6c7242): ``rpl.code/model/network.py``
+  ``Network(19)`` (``branch1`` = ``DeepWV3Plus``), loaded as RPL's ``res.pth`` is (its keys), and
+  NVIDIA's closed-set layout through RPL's own ``utils/pyt_utils.load_model(is_restore=True)``
+  mapping (the residual module copied from the ASPP), with ``atten_aspp_final`` then set to its
+  name-derived weight (RPL draws it at random);
+- U^2-Net (xuebinqin/U-2-Net, commit ac7e1c817ecab7c7dff5ce6b1abba61cd213ff29): ``model/u2net.py``
+  ``U2NET(3, 1)`` and ``U2NETP(3, 1)``;
+- DoveNet (bcmi/Image-Harmonization-Dataset-iHarmony4, commit 0bdb51ddda979f5a38536d80c161fa5733480f25):
+  ``DoveNet/models/networks.py`` ``define_G(4, 3, 64, "s2ad", norm="batch", use_dropout=True)``.
+
+Every network runs in eval mode on the CPU in float32. Only torch is needed (RPL's module imports
+torchvision's ``transforms`` without using it, so an empty stand-in is installed). Each fixture holds
+the official key names and shapes (the weights are rebuilt from them), the input's shape and seed,
+and the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from official_weights import name_state, name_tensor, probe  # noqa: E402
+
+OUT = Path(__file__).resolve().parents[1] / "data" / "official"
+
+
+def load_file(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def keys_and_shapes(state: dict) -> list[tuple[str, list[int]]]:
+    return [(name, list(tensor.shape)) for name, tensor in state.items()]
+
+
+def save(name: str, **record) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.save(record, OUT / f"{name}.pt")
+    print(f"wrote {OUT / name}.pt")
+
+
+def record_rpl(root: Path) -> None:
+    code = root / "rpl.code"
+    sys.modules.setdefault("torchvision", types.ModuleType("torchvision")).transforms = types.ModuleType("transforms")
+    sys.path.insert(0, str(code))
+    from model.network import Network
+    from utils.pyt_utils import load_model
+
+    torch.manual_seed(0)
+    model = Network(19).eval()
+    layout = keys_and_shapes(model.state_dict())
+    images = probe((1, 3, 48, 64), seed=1)
+    model.load_state_dict(name_state(layout), strict=True)
+    with torch.no_grad():
+        out1, out2 = model(images)
+    save("rpl_res", keys=layout, input_shape=[1, 3, 48, 64], input_seed=1, out1=out1, out2=out2)
+
+    # NVIDIA's cityscapes_best.pth layout: module.<key>, no residual module; RPL's loader maps it
+    nvidia = [("module." + name[len("branch1."):], shape) for name, shape in layout if ".residual_block." not in name]
+    closed = Network(19).eval()
+    load_model(closed, {name: tensor for name, tensor in name_state(nvidia).items()}, is_restore=True)
+    final = "branch1.residual_block.atten_aspp_final.weight"
+    with torch.no_grad():
+        closed.state_dict()[final].copy_(name_tensor(final, closed.state_dict()[final].shape))
+        out1, out2 = closed(images)
+    save("rpl_nvidia", keys=nvidia, final_key=final, input_shape=[1, 3, 48, 64], input_seed=1, out1=out1, out2=out2)
+    sys.path.remove(str(code))
+    for name in [name for name in sys.modules if name == "model" or name.startswith(("model.", "utils", "engine", "config"))]:
+        del sys.modules[name]
+
+
+def record_u2net(root: Path) -> None:
+    module = load_file(root / "model" / "u2net.py", "official_u2net")
+    images = probe((1, 3, 64, 64), seed=2)
+    for name, build in (("u2net", module.U2NET), ("u2netp", module.U2NETP)):
+        model = build(3, 1).eval()
+        layout = keys_and_shapes(model.state_dict())
+        model.load_state_dict(name_state(layout), strict=True)
+        with torch.no_grad():
+            maps = torch.stack(model(images))
+        save(name, keys=layout, input_shape=[1, 3, 64, 64], input_seed=2, maps=maps)
+
+
+def record_dovenet(root: Path) -> None:
+    networks = load_file(root / "DoveNet" / "models" / "networks.py", "official_dovenet_networks")
+    model = networks.define_G(4, 3, 64, "s2ad", norm="batch", use_dropout=True).eval()
+    layout = keys_and_shapes(model.state_dict())
+    model.load_state_dict(name_state(layout), strict=True)
+    comp = probe((1, 3, 256, 256), seed=3)
+    mask = (probe((1, 1, 256, 256), seed=4, low=0.0, high=1.0) > 0.7).float()
+    with torch.no_grad():
+        output = model(torch.cat([comp, mask], dim=1))
+    save("dovenet", keys=layout, comp_seed=3, mask_seed=4, output=output)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rpl", type=Path, help="yyliu01/RPL checkout")
+    parser.add_argument("--u2net", type=Path, help="xuebinqin/U-2-Net checkout")
+    parser.add_argument("--dovenet", type=Path, help="bcmi/Image-Harmonization-Dataset-iHarmony4 checkout")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one thread: the reductions' order, and so the recorded bits, do not depend on the machine
+    if args.rpl:
+        record_rpl(args.rpl)
+    if args.u2net:
+        record_u2net(args.u2net)
+    if args.dovenet:
+        record_dovenet(args.dovenet)
+
+
+if __name__ == "__main__":
+    main()

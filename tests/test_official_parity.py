@@ -1,0 +1,68 @@
+"""diffeel's networks against outputs recorded from the official code (tests/official/record_official_outputs.py):
+the same name-derived weights (tests/official_weights.py) loaded through diffeel's own checkpoint
+paths, the same input, the official outputs to float32 rounding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffeel.models import create_model
+from official_weights import name_state, name_tensor, probe
+
+FIXTURES = Path(__file__).parent / "data" / "official"
+
+
+def fixture(name: str) -> dict:
+    return torch.load(FIXTURES / f"{name}.pt", weights_only=True)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal up to float32 summation order: errors small against the output's own magnitude."""
+    assert actual.shape == expected.shape
+    scale = float(expected.abs().max())
+    assert float((actual - expected).abs().max()) <= 2e-5 * scale, float((actual - expected).abs().max()) / scale
+
+
+@pytest.mark.parametrize("layout", ["rpl_res", "rpl_nvidia"])
+def test_rpl_wrn38_matches_rpl_code(tmp_path, layout):
+    """RPL's DeepWV3Plus: out1 and out2, from a file in RPL's res.pth layout (branch1.*) and in
+    NVIDIA's closed-set layout (module.*, the residual module mapped from the ASPP as RPL's loader
+    does; atten_aspp_final, which RPL draws at random, set to the same weight on both sides)."""
+    record = fixture(layout)
+    wrapper = "model" if layout == "rpl_res" else "state_dict"
+    torch.save({wrapper: name_state(record["keys"])}, tmp_path / "weights.pth")
+    model = create_model("rpl_wrn38", checkpoint=tmp_path / "weights.pth")
+    if layout == "rpl_nvidia":
+        weight = model.residual_block.atten_aspp_final.weight
+        with torch.no_grad():
+            weight.copy_(name_tensor(record["final_key"], weight.shape))
+    images = probe(record["input_shape"], seed=record["input_seed"])
+    with torch.no_grad():
+        out1, out2 = model(images)
+    assert_close(out1, record["out1"])
+    assert_close(out2, record["out2"])
+
+
+@pytest.mark.parametrize("name", ["u2net", "u2netp"])
+def test_u2net_matches_the_official_model(tmp_path, name):
+    record = fixture(name)
+    torch.save(name_state(record["keys"]), tmp_path / f"{name}.pth")  # the released files are bare state dicts
+    model = create_model(name, checkpoint=tmp_path / f"{name}.pth")
+    with torch.no_grad():
+        maps = torch.stack(model(probe(record["input_shape"], seed=record["input_seed"])))
+    assert_close(maps, record["maps"])
+
+
+def test_dovenet_matches_the_official_generator(tmp_path):
+    """DoveNet's s2ad U-Net generator (batch norm, dropout, attention), in eval mode on both sides."""
+    record = fixture("dovenet")
+    torch.save(name_state(record["keys"]), tmp_path / "latest_net_G.pth")
+    model = create_model("dovenet", checkpoint=tmp_path / "latest_net_G.pth")
+    comp = probe((1, 3, 256, 256), seed=record["comp_seed"])
+    mask = (probe((1, 1, 256, 256), seed=record["mask_seed"], low=0.0, high=1.0) > 0.7).float()
+    with torch.no_grad():
+        output = model(comp, mask)
+    assert_close(output, record["output"])
