@@ -20,10 +20,11 @@ def fixture(name: str) -> dict:
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal up to float32 summation order: errors small against the output's own magnitude."""
+    """Equal up to float32 summation order (measured: 1e-6 to 2e-5 of the output's largest value on
+    one CPU; a single wrong batch-norm statistic moves DoveNet's output by 7e-2)."""
     assert actual.shape == expected.shape
     scale = float(expected.abs().max())
-    assert float((actual - expected).abs().max()) <= 2e-5 * scale, float((actual - expected).abs().max()) / scale
+    assert float((actual - expected).abs().max()) <= 1e-4 * scale, float((actual - expected).abs().max()) / scale
 
 
 @pytest.mark.parametrize("layout", ["rpl_res", "rpl_nvidia"])
@@ -66,3 +67,21 @@ def test_dovenet_matches_the_official_generator(tmp_path):
     with torch.no_grad():
         output = model(comp, mask)
     assert_close(output, record["output"])
+
+
+def test_mask2anomaly_matches_the_official_maskformer(tmp_path):
+    """Mask2Anomaly's MaskFormer (detectron2 ResNet-50, MSDeformAttn pixel decoder on its pure-PyTorch
+    path, GMA transformer decoder): the head's pred_logits and pred_masks, and Eq. 3's class map
+    against the semantic map of the official eval forward (padding cropped)."""
+    from diffeel.models.mask2anomaly_inference import mask_wise_logits
+
+    record = fixture("mask2anomaly")
+    torch.save({"model": name_state(record["keys"])}, tmp_path / "model_final.pth")
+    model = create_model("mask2anomaly_r50", checkpoint=tmp_path / "model_final.pth")
+    image = probe(record["image_shape"], seed=record["image_seed"], low=0.0, high=255.0)
+    with torch.no_grad():
+        outputs = model(image[None])
+        semantic = mask_wise_logits(outputs, record["image_shape"][1:], class_weights="softmax")[0]
+    assert_close(outputs["pred_logits"], record["pred_logits"])
+    assert_close(outputs["pred_masks"], record["pred_masks"])
+    assert_close(semantic, record["sem_seg"])

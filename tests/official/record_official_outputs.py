@@ -5,7 +5,8 @@ Not run by the test suite: it needs the official code, which is not part of diff
 repository at the pinned commit, then run, from the repository root:
 
     python tests/official/record_official_outputs.py \\
-        --rpl RPL --u2net U-2-Net --dovenet Image-Harmonization-Dataset-iHarmony4
+        --rpl RPL --u2net U-2-Net --dovenet Image-Harmonization-Dataset-iHarmony4 \\
+        --mask2anomaly Mask2Anomaly-Unmasking-Anomalies-in-Road-Scene-Segmentation
 
 - RPL (yyliu01/RPL, commit 1a327d50e78176202a457c894a56ac6e6e6c7242): ``rpl.code/model/network.py``
   ``Network(19)`` (``branch1`` = ``DeepWV3Plus``), loaded as RPL's ``res.pth`` is (its keys), and
@@ -15,7 +16,15 @@ repository at the pinned commit, then run, from the repository root:
 - U^2-Net (xuebinqin/U-2-Net, commit ac7e1c817ecab7c7dff5ce6b1abba61cd213ff29): ``model/u2net.py``
   ``U2NET(3, 1)`` and ``U2NETP(3, 1)``;
 - DoveNet (bcmi/Image-Harmonization-Dataset-iHarmony4, commit 0bdb51ddda979f5a38536d80c161fa5733480f25):
-  ``DoveNet/models/networks.py`` ``define_G(4, 3, 64, "s2ad", norm="batch", use_dropout=True)``.
+  ``DoveNet/models/networks.py`` ``define_G(4, 3, 64, "s2ad", norm="batch", use_dropout=True)``;
+- Mask2Anomaly (shyam671/Mask2Anomaly-Unmasking-Anomalies-in-Road-Scene-Segmentation, commit
+  5c84283281eeed95b4cf0c7e1287795309c7fd9e): ``MaskFormer`` built by detectron2 from
+  ``configs/cityscapes/semantic-segmentation/anomaly_inference.yaml``: the head's ``pred_logits`` and
+  ``pred_masks``, and the semantic map its eval forward returns (``sem_seg``). This one needs
+  detectron2 (built from facebookresearch/detectron2, commit 02b5c4e295e990042a714712c21dc79b731e8833,
+  CPU only); the deformable attention's CUDA operator is replaced by an empty module, so the
+  official code takes its pure-PyTorch path, and torchvision's detection operators and timm's Swin
+  layers by empty names (:func:`stub_torchvision`).
 
 Every network runs in eval mode on the CPU in float32. Only torch is needed (RPL's module imports
 torchvision's ``transforms`` without using it, so an empty stand-in is installed). Each fixture holds
@@ -111,11 +120,59 @@ def record_dovenet(root: Path) -> None:
     save("dovenet", keys=layout, comp_seed=3, mask_seed=4, output=output)
 
 
+def stub_torchvision() -> None:
+    """detectron2 and Mask2Former import torchvision's detection operators (RoI pooling, NMS,
+    deformable convolution) and timm's Swin layers when their modules load; the semantic ResNet
+    MaskFormer calls none of them, and neither package installs beside this torch, so stand-ins
+    with those names are used."""
+    torchvision = sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
+    ops = types.ModuleType("torchvision.ops")
+    ops.boxes = types.ModuleType("torchvision.ops.boxes")
+    for name in ("roi_align", "deform_conv2d", "nms", "RoIPool"):
+        setattr(ops, name, None)
+    torchvision.ops, torchvision.__version__ = ops, "0.0"
+    torchvision._is_tracing = lambda: False
+    sys.modules.update({"torchvision.ops": ops, "torchvision.ops.boxes": ops.boxes})
+    layers = types.ModuleType("timm.models.layers")  # the Swin backbone's imports; the ResNet model uses none
+    for name in ("DropPath", "to_2tuple", "trunc_normal_"):
+        setattr(layers, name, None)
+    for name in ("timm", "timm.models"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["timm.models.layers"] = layers
+
+
+def record_mask2anomaly(root: Path) -> None:
+    stub_torchvision()
+    sys.modules.setdefault("MultiScaleDeformableAttention", types.ModuleType("MultiScaleDeformableAttention"))
+    sys.path.insert(0, str(root))
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+    from detectron2.projects.deeplab import add_deeplab_config
+    from mask2former import add_maskformer2_config
+
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    add_maskformer2_config(cfg)
+    cfg.merge_from_file(str(root / "configs" / "cityscapes" / "semantic-segmentation" / "anomaly_inference.yaml"))
+    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
+    model = build_model(cfg).eval()
+    layout = keys_and_shapes(model.state_dict())
+    model.load_state_dict(name_state(layout), strict=True)
+    head = {}
+    model.sem_seg_head.register_forward_hook(lambda module, inputs, outputs: head.update(outputs))
+    image = probe((3, 70, 100), seed=5, low=0.0, high=255.0)  # padded to 96×128 inside
+    with torch.no_grad():
+        sem_seg = model([{"image": image, "height": 70, "width": 100}])[0]["sem_seg"]
+    save("mask2anomaly", keys=layout, image_shape=[3, 70, 100], image_seed=5, pred_logits=head["pred_logits"],
+         pred_masks=head["pred_masks"], sem_seg=sem_seg)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rpl", type=Path, help="yyliu01/RPL checkout")
     parser.add_argument("--u2net", type=Path, help="xuebinqin/U-2-Net checkout")
     parser.add_argument("--dovenet", type=Path, help="bcmi/Image-Harmonization-Dataset-iHarmony4 checkout")
+    parser.add_argument("--mask2anomaly", type=Path, help="shyam671/Mask2Anomaly-Unmasking-Anomalies-in-Road-Scene-Segmentation checkout")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one thread: the reductions' order, and so the recorded bits, do not depend on the machine
     if args.rpl:
@@ -124,6 +181,8 @@ def main() -> None:
         record_u2net(args.u2net)
     if args.dovenet:
         record_dovenet(args.dovenet)
+    if args.mask2anomaly:
+        record_mask2anomaly(args.mask2anomaly)
 
 
 if __name__ == "__main__":
