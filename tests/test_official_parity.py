@@ -85,3 +85,35 @@ def test_mask2anomaly_matches_the_official_maskformer(tmp_path):
     assert_close(outputs["pred_logits"], record["pred_logits"])
     assert_close(outputs["pred_masks"], record["pred_masks"])
     assert_close(semantic, record["sem_seg"])
+
+
+def test_mask2anomaly_official_score_matches_the_official_evaluation(tmp_path):
+    """``official_anomaly_score`` against the official evaluation's channels (detectron2's predictor:
+    BGR, short side to 1024, the model's semantic map plus one channel per confident query of
+    classes 2..10, here all 100 after a class boost): the script's score is 1 - the largest channel,
+    zeroed where an appended channel reaches 0.5 (more than one appended), averaged with the flip's."""
+    import numpy as np
+
+    from diffeel.models.mask2anomaly_inference import official_anomaly_score
+
+    record = fixture("mask2anomaly_official_score")
+    state = name_state(record["keys"])
+    state[record["class_bias"]][record["boosted_class"]] += record["boost"]
+    torch.save({"model": state}, tmp_path / "model_final.pth")
+    model = create_model("mask2anomaly_r50", checkpoint=tmp_path / "model_final.pth")
+    image_bgr = probe(record["image_shape"], seed=record["image_seed"], low=0.0, high=256.0).floor().clamp(max=255).to(torch.uint8)
+
+    def script_score(view: str) -> np.ndarray:
+        classes, extra = record[f"{view}_classes"], record[f"{view}_extra_max"]
+        score = 1 - torch.maximum(classes.amax(0), extra)
+        if record[f"{view}_extra_count"] > 1:
+            score = score * (extra < 0.5)
+        return score.numpy()
+
+    assert record["image_extra_count"] == record["flipped_extra_count"] == 100
+    expected = (script_score("image") + script_score("flipped")[:, ::-1]) / 2
+    actual = official_anomaly_score(model, image_bgr.numpy())
+    assert actual.shape == expected.shape and 0.2 < (expected == 0).mean() < 0.95  # the zeroing rule fired on part of it
+    assert np.array_equal(actual == 0, expected == 0)
+    # the class map sums 100 queries at 1024×1536 (values up to ~20): float32 error grows with it
+    np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-4)

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from official_weights import name_state, name_tensor, probe  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "data" / "official"
+CLASS_BIAS, BOOSTED_CLASS, CLASS_BOOST = "sem_seg_head.predictor.class_embed.bias", 5, 15.0
 
 
 def load_file(path: Path, name: str):
@@ -165,6 +166,28 @@ def record_mask2anomaly(root: Path) -> None:
         sem_seg = model([{"image": image, "height": 70, "width": 100}])[0]["sem_seg"]
     save("mask2anomaly", keys=layout, image_shape=[3, 70, 100], image_seed=5, pred_logits=head["pred_logits"],
          pred_masks=head["pred_masks"], sem_seg=sem_seg)
+
+    # The official evaluation (anomaly_utils/anomaly_inference.py): detectron2's DefaultPredictor
+    # (BGR in, short side resized to 1024 with PIL, the model's eval forward) on the image and on its
+    # left-right flip; its semantic_inference appends a channel per confident query of classes 2..10.
+    # A boost of class 5's logit makes the queries confident, so that those channels (and the zeroing rule) exist.
+    from detectron2.engine import DefaultPredictor
+
+    predictor = DefaultPredictor(cfg)
+    state = name_state(layout)
+    state[CLASS_BIAS] = state[CLASS_BIAS].clone()
+    state[CLASS_BIAS][BOOSTED_CLASS] += CLASS_BOOST
+    predictor.model.load_state_dict(state, strict=True)
+    image_bgr = probe((40, 60, 3), seed=6, low=0.0, high=256.0).floor().clamp(max=255).to(torch.uint8).numpy()
+    views = {}
+    with torch.no_grad():
+        for view, image in (("image", image_bgr), ("flipped", image_bgr[:, ::-1].copy())):
+            channels = predictor(image)["sem_seg"]
+            # what the script's score reads: the class channels, and the largest appended channel
+            views[f"{view}_classes"], views[f"{view}_extra_max"] = channels[:19].clone(), channels[19:].amax(0)
+            views[f"{view}_extra_count"] = channels.shape[0] - 19
+    save("mask2anomaly_official_score", keys=layout, class_bias=CLASS_BIAS, boosted_class=BOOSTED_CLASS, boost=CLASS_BOOST,
+         image_seed=6, image_shape=[40, 60, 3], **views)
 
 
 def main() -> None:
