@@ -357,7 +357,7 @@ def test_coco_malformed_segmentation_is_named_when_drawn(tmp_path):
 
 
 def test_shortest_edge_sizes_follow_detectron2():
-    from diffeel.train.data import shortest_edge_size
+    from diffeel.models.mask2anomaly_inference import official_resize_shape as shortest_edge_size
 
     assert shortest_edge_size(1024, 2048, 512, 4096) == (512, 1024)
     assert shortest_edge_size(720, 1280, 2048, 4096) == (2048, 3641)  # 1280·2048/720 = 3640.9, rounded half up

@@ -242,8 +242,9 @@ def official_score_from_outputs(outputs: Mapping, flipped_outputs: Mapping | Non
 
 
 def official_resize_shape(height: int, width: int, short_side: int = 1024, max_side: int = 2048) -> tuple[int, int]:
-    """Detectron2's ``ResizeShortestEdge`` at test time: the short side to ``short_side``, scaled
-    down if the long side would exceed ``max_side``, each side rounded half up."""
+    """Detectron2's ``ResizeShortestEdge`` size (at test time, and for each short side training
+    draws): the short side to ``short_side``, scaled down if the long side would exceed
+    ``max_side``, each side rounded half up."""
     scale = short_side / min(height, width)
     new_height, new_width = (short_side, scale * width) if height < width else (scale * height, short_side)
     if max(new_height, new_width) > max_side:

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from ..data.cityscapes import list_cityscapes, read_cityscapes_frame
 from ..errors import DiffeelError
+from ..models.mask2anomaly_inference import official_resize_shape
 from ..labels import VOID
 
 
@@ -92,23 +93,12 @@ def ssd_colour(image: np.ndarray, draws: SSDColour) -> np.ndarray:
     return saturation_and_hue(contrast(image)) if draws.contrast_first else contrast(saturation_and_hue(image))
 
 
-def shortest_edge_size(height: int, width: int, short_side: int, max_size: int) -> tuple[int, int]:
-    """detectron2's ``ResizeShortestEdge.get_output_shape``: the short side to ``short_side``,
-    scaled down if the long side would exceed ``max_size``, each side rounded half up."""
-    scale = short_side / min(height, width)
-    new_height, new_width = (short_side, scale * width) if height < width else (scale * height, short_side)
-    if max(new_height, new_width) > max_size:
-        shrink = max_size / max(new_height, new_width)
-        new_height, new_width = new_height * shrink, new_width * shrink
-    return int(new_height + 0.5), int(new_width + 0.5)
-
-
 def resize_shortest_edge(image: np.ndarray, label: np.ndarray, short_sides, max_size: int, rng):
     """Multi-scale training resize (detectron2's ``ResizeShortestEdge``, ``choice`` sampling): one
     of ``short_sides`` drawn, the image resized bilinearly with PIL, the labels nearest. Returns
     the image, the labels and the scale factors (rows, columns)."""
     short_side = int(short_sides[int(rng.integers(len(short_sides)))])
-    height, width = shortest_edge_size(label.shape[0], label.shape[1], short_side, max_size)
+    height, width = official_resize_shape(label.shape[0], label.shape[1], short_side, max_size)  # detectron2's rule
     scale = (height / label.shape[0], width / label.shape[1])
     if (height, width) != label.shape:
         image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.BILINEAR))
