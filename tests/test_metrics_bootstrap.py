@@ -269,3 +269,50 @@ def test_bad_input_is_rejected_with_a_clear_error(rng):
         with pytest.raises(ValueError):
             accumulator.intervals(**options)
     assert accumulator.n_images == 1  # failed calls left the state alone
+
+
+# ---- paired differences over training seeds and test images ------------------------------------
+
+
+def boosted(images, amount):
+    """The same images with every anomaly pixel's score raised by ``amount`` (a uniformly better method)."""
+    return [(np.where(labels == 1, scores.astype(np.float32) + amount, scores).astype(np.float16), labels) for scores, labels in images]
+
+
+def test_point_is_the_metric_of_all_images(rng):
+    images = make_images(rng, 6)
+    scores = np.concatenate([s.ravel() for s, _ in images])
+    labels = np.concatenate([lab.ravel() for _, lab in images])
+    expected = sklearn_metrics(scores, labels)
+    point = accumulator_of(images).point()
+    assert point["auprc"] == pytest.approx(expected["auprc"], abs=1e-12)
+    assert point["auroc"] == pytest.approx(expected["auroc"], abs=1e-12)
+
+
+def test_paired_difference_sees_a_small_uniform_gain_that_image_noise_would_hide(rng):
+    """A beats B on every image by a little; both vary a lot from one image draw to another. Paired
+    (the same draws for both), the interval excludes 0; each method's own interval is far wider."""
+    images = make_images(rng, 30, anomaly_rate=0.2)
+    base, better = accumulator_of(images), accumulator_of(boosted(images, 0.15))
+    result = bootstrap.paired_difference([better], [base], n_resamples=300, seed=1)
+    assert result["difference"] > 0 and result["low"] > 0 and result["n_seeds"] == 1
+    own = base.intervals(n_resamples=300, seed=1)["auprc"]
+    assert own[1] - own[0] > 3 * (result["high"] - result["low"])
+    same = bootstrap.paired_difference([base], [accumulator_of(images)], n_resamples=50)
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+
+
+def test_paired_difference_carries_training_noise_across_seeds(rng):
+    """Seeds are resampled too: a method that wins big on two seeds and loses big on the third is
+    not shown to win, while three wins are."""
+    images = make_images(rng, 20, anomaly_rate=0.2)
+    base = accumulator_of(images)
+    win, lose = accumulator_of(boosted(images, 0.6)), accumulator_of(boosted(images, -1.5))
+    mixed = bootstrap.paired_difference([win, win, lose], [base, base, base], n_resamples=400, seed=2)
+    assert mixed["low"] < 0 < mixed["high"]
+    steady = bootstrap.paired_difference([win, win, win], [base, base, base], n_resamples=400, seed=2)
+    assert steady["low"] > 0
+    with pytest.raises(ValueError, match="one run of A and one of B per training seed"):
+        bootstrap.paired_difference([win], [base, base])
+    with pytest.raises(ValueError, match="metric must be one of"):
+        bootstrap.paired_difference([win], [base], metric="iou")

@@ -40,7 +40,7 @@ from .pixel import (
     metrics_from_counts,
 )
 
-__all__ = ["BootstrapAccumulator", "ImageHistogram", "image_histogram"]
+__all__ = ["BootstrapAccumulator", "ImageHistogram", "image_histogram", "paired_difference"]
 
 # (float16 keys ascending, inlier pixel counts, anomaly pixel counts), nonzero bins only
 ImageHistogram = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -261,29 +261,32 @@ class BootstrapAccumulator:
         if self.n_images == 0:
             raise ValueError("no images were added, so there is nothing to resample")
         values = {name: np.full(n_resamples, math.nan) for name in METRIC_NAMES}
-        if protocol.per_image:
-            per_image = self._per_image_metrics(protocol)
-            chunks = self._draw_chunks(n_resamples, seed, max(1, chunk_bytes // (8 * self.n_images)))
-
-            def compute(multiplicities):
-                return _per_image_means(multiplicities, *per_image)
-
-        else:
-            pooled = self._pool()
-            n_keys = max(1, pooled.inliers.shape[1])
-            # Two dense (replicates × keys) float64 count arrays per chunk, half the budget.
-            chunks = self._draw_chunks(n_resamples, seed, max(1, chunk_bytes // (4 * 8 * n_keys)))
-
-            def compute(multiplicities):
-                return _pooled_metrics(multiplicities, pooled, protocol, chunk_bytes)
-
+        compute, per_chunk = self._metrics_of(protocol, chunk_bytes)
         start = 0
-        for drawn in chunks:
-            multiplicities = _multiplicities(drawn, self.n_images)
-            for name, chunk_values in zip(METRIC_NAMES, compute(multiplicities)):
+        for drawn in self._draw_chunks(n_resamples, seed, per_chunk):
+            for name, chunk_values in zip(METRIC_NAMES, compute(_multiplicities(drawn, self.n_images))):
                 values[name][start : start + len(drawn)] = chunk_values
             start += len(drawn)
         return values
+
+    def point(self, protocol: str | Protocol | None = "pooled", **protocol_options) -> dict:
+        """The metrics of all images once (at the replicates' float16 resolution):
+        ``{"auprc", "fpr95", "auroc"}`` → float, NaN where a class is missing."""
+        if self.n_images == 0:
+            raise ValueError("no images were added")
+        compute, _ = self._metrics_of(Protocol.resolve(protocol, **protocol_options), DEFAULT_CHUNK_BYTES)
+        return {name: float(value[0]) for name, value in zip(METRIC_NAMES, compute(np.ones((1, self.n_images))))}
+
+    def _metrics_of(self, protocol: Protocol, chunk_bytes: int):
+        """``compute(multiplicities) -> (auprc, fpr95, auroc)`` rows for ``protocol``, and how many
+        replicates a chunk may hold within ``chunk_bytes``."""
+        if protocol.per_image:
+            per_image = self._per_image_metrics(protocol)
+            return (lambda multiplicities: _per_image_means(multiplicities, *per_image)), max(1, chunk_bytes // (8 * self.n_images))
+        pooled = self._pool()
+        n_keys = max(1, pooled.inliers.shape[1])
+        # Two dense (replicates × keys) float64 count arrays per chunk, half the budget.
+        return (lambda multiplicities: _pooled_metrics(multiplicities, pooled, protocol, chunk_bytes)), max(1, chunk_bytes // (4 * 8 * n_keys))
 
     def _per_image_metrics(self, protocol: Protocol):
         """Each image's (auprc, fpr95, auroc), and whether it has both classes."""
@@ -343,6 +346,39 @@ class BootstrapAccumulator:
             protocol=resolved.name,
         )
         return result
+
+
+def paired_difference(a_runs: list[BootstrapAccumulator], b_runs: list[BootstrapAccumulator], metric: str = "auprc", *,
+                      n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
+                      protocol: str | Protocol | None = "pooled") -> dict:
+    """How much method A beats method B in ``metric``, with an interval over training seeds and
+    test images: ``a_runs[s]`` and ``b_runs[s]`` hold the test images scored by A's and B's models of
+    training seed ``s``.
+
+    The difference is the mean over seeds of ``metric(A_s) - metric(B_s)``. Replicate ``r`` draws
+    the test images once for every run (the same positions for runs over the same images: a paired
+    bootstrap, so an image that is hard for both counts against neither) and ``S`` seeds with
+    replacement (training noise: another seed is another draw of the models); the interval is the
+    percentile interval of the replicates' differences. Returns ``difference``, ``low``, ``high``,
+    ``n_seeds``, ``n_resamples``, ``n_skipped`` (replicates where a metric is undefined) and
+    ``confidence``.
+    """
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")
+    if not a_runs or len(a_runs) != len(b_runs):
+        raise ValueError(f"need one run of A and one of B per training seed, got {len(a_runs)} and {len(b_runs)}")
+    if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
+        raise ValueError(f"confidence must be a number strictly between 0 and 1, got {confidence!r}")
+    difference = float(np.mean([a.point(protocol)[metric] - b.point(protocol)[metric] for a, b in zip(a_runs, b_runs)]))
+    per_seed = np.stack([a.replicates(n_resamples, seed, protocol)[metric] - b.replicates(n_resamples, seed, protocol)[metric]
+                         for a, b in zip(a_runs, b_runs)])  # (seeds, replicates)
+    drawn_seeds = np.random.default_rng([seed, len(a_runs)]).integers(0, len(a_runs), size=(n_resamples, len(a_runs)))
+    replicates = per_seed[drawn_seeds, np.arange(n_resamples)[:, None]].mean(axis=1)
+    kept = ~np.isnan(replicates)
+    low, high = (np.percentile(replicates[kept], [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100])
+                 if kept.any() else (math.nan, math.nan))
+    return {"difference": difference, "low": float(low), "high": float(high), "n_seeds": len(a_runs),
+            "n_resamples": n_resamples, "n_skipped": int((~kept).sum()), "confidence": confidence}
 
 
 def _check_resampling(n_resamples, seed) -> None:
