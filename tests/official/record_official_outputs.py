@@ -26,8 +26,8 @@ repository at the pinned commit, then run, from the repository root:
   official code takes its pure-PyTorch path, and torchvision's detection operators and timm's Swin
   layers by empty names (:func:`stub_torchvision`).
 
-Every network runs in eval mode on the CPU in float32. Only torch is needed (RPL's module imports
-torchvision's ``transforms`` without using it, so an empty stand-in is installed). Each fixture holds
+Every network runs in eval mode on the CPU in float32. torchvision and timm are never imported
+(:func:`stub_torchvision`). Each fixture holds
 the official key names and shapes (the weights are rebuilt from them), the input's shape and seed,
 and the outputs.
 """
@@ -69,7 +69,7 @@ def save(name: str, **record) -> None:
 
 def record_rpl(root: Path) -> None:
     code = root / "rpl.code"
-    sys.modules.setdefault("torchvision", types.ModuleType("torchvision")).transforms = types.ModuleType("transforms")
+    stub_torchvision()
     sys.path.insert(0, str(code))
     from model.network import Network
     from utils.pyt_utils import load_model
@@ -122,16 +122,17 @@ def record_dovenet(root: Path) -> None:
 
 
 def stub_torchvision() -> None:
-    """detectron2 and Mask2Former import torchvision's detection operators (RoI pooling, NMS,
-    deformable convolution) and timm's Swin layers when their modules load; the semantic ResNet
-    MaskFormer calls none of them, and neither package installs beside this torch, so stand-ins
-    with those names are used."""
+    """RPL's network module imports torchvision's ``transforms``, detectron2 and Mask2Former import
+    torchvision's detection operators (RoI pooling, NMS, deformable convolution) and timm's Swin
+    layers when their modules load; the networks recorded here call none of them, and neither
+    package imports beside the pinned torch, so stand-ins with those names are used (nothing of
+    torchvision or timm is imported)."""
     torchvision = sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
     ops = types.ModuleType("torchvision.ops")
     ops.boxes = types.ModuleType("torchvision.ops.boxes")
     for name in ("roi_align", "deform_conv2d", "nms", "RoIPool"):
         setattr(ops, name, None)
-    torchvision.ops, torchvision.__version__ = ops, "0.0"
+    torchvision.ops, torchvision.transforms, torchvision.__version__ = ops, types.ModuleType("torchvision.transforms"), "0.0"
     torchvision._is_tracing = lambda: False
     sys.modules.update({"torchvision.ops": ops, "torchvision.ops.boxes": ops.boxes})
     layers = types.ModuleType("timm.models.layers")  # the Swin backbone's imports; the ResNet model uses none
