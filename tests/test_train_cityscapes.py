@@ -17,7 +17,7 @@ from PIL import Image
 import benchmark_fixtures as fixtures
 from diffeel.cli import main
 from diffeel.data.benchmarks import load_benchmark
-from diffeel.distributed import Distributed
+from diffeel.distributed import Distributed, end_process_group
 from diffeel.errors import DiffeelError
 from diffeel.models import RPLWiderResNet38, create_model, scoring_logits
 from diffeel.scoring import validate_model
@@ -82,11 +82,9 @@ def train_process(rank: int, world_size: int, root: Path, out: Path, init_file: 
     """One process of a data-parallel run (gloo, as torchrun would start it)."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
-    try:
-        train_on_cityscapes(config(), root / "cityscapes", out, make_model(root), objects=root / "bank", device=torch.device("cpu"),
-                            context=Distributed(rank, world_size, rank), progress=False)
-    finally:
-        dist.destroy_process_group()
+    train_on_cityscapes(config(), root / "cityscapes", out, make_model(root), objects=root / "bank", device=torch.device("cpu"),
+                        context=Distributed(rank, world_size, rank), progress=False)
+    end_process_group()
 
 
 def states(path: Path) -> dict:
@@ -373,12 +371,10 @@ def mask_settings():
 def train_mask_process(rank: int, world_size: int, root: Path, checkpoint: Path, out: Path, init_file: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
-    try:
-        train_on_cityscapes(preset("m2a+eel", **mask_settings()), root / "cityscapes", out,
-                            lambda: create_model("mask2anomaly_r50", checkpoint=checkpoint, **TINY_MASK), objects=root / "bank",
-                            device=torch.device("cpu"), context=Distributed(rank, world_size, rank), progress=False)
-    finally:
-        dist.destroy_process_group()
+    train_on_cityscapes(preset("m2a+eel", **mask_settings()), root / "cityscapes", out,
+                        lambda: create_model("mask2anomaly_r50", checkpoint=checkpoint, **TINY_MASK), objects=root / "bank",
+                        device=torch.device("cpu"), context=Distributed(rank, world_size, rank), progress=False)
+    end_process_group()
 
 
 def test_mask2anomaly_two_gloo_processes_take_the_single_process_step(data, tmp_path):

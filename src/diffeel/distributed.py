@@ -72,8 +72,25 @@ def process_group(device: str = "cpu"):
     dist.init_process_group(backend)
     try:
         yield context
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        end_process_group(wait_for_peers=False)  # a peer may be inside another collective
+        raise
+    end_process_group()
+
+
+def end_process_group(wait_for_peers: bool = True) -> None:
+    """Tear the process group down once every process has arrived and no wrapper still holds it.
+
+    A process that destroys the group while its peer is still exchanging, or whose
+    DistributedDataParallel wrapper (kept alive by reference cycles) is collected after the group
+    is gone, can abort in gloo's threads at exit ("terminate called without an active exception").
+    """
+    import gc
+
+    if wait_for_peers:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 class _SumOverProcesses(torch.autograd.Function):
