@@ -316,3 +316,33 @@ def test_paired_difference_carries_training_noise_across_seeds(rng):
         bootstrap.paired_difference([win], [base, base])
     with pytest.raises(ValueError, match="metric must be one of"):
         bootstrap.paired_difference([win], [base], metric="iou")
+
+
+def test_a_statistic_of_the_pooled_pixels_is_resampled_with_the_metrics_draws(rng):
+    """statistic_replicates sees each replicate's pooled pixels: the mean inlier score of replicate r
+    equals the mean over the drawn images' inlier pixels (an image drawn twice counting twice)."""
+    images = make_images(rng, 9, levels=16)
+    accumulator = accumulator_of(images)
+
+    def mean_inlier_score(values, inliers, anomalies):
+        return inliers @ values / inliers.sum(axis=1)
+
+    replicates = accumulator.statistic_replicates(mean_inlier_score, n_resamples=20, seed=4, chunk_bytes=4096)
+    for row, drawn in zip(replicates, accumulator.draws(20, seed=4)):
+        pixels = np.concatenate([images[i][0][images[i][1] == 0].astype(np.float64) for i in drawn])
+        assert row == pytest.approx(pixels.mean(), rel=1e-12)
+    everything = np.concatenate([scores[labels == 0].astype(np.float64) for scores, labels in images])
+    assert accumulator.statistic_point(mean_inlier_score) == pytest.approx(everything.mean(), rel=1e-12)
+    mean_anomaly_score = lambda values, inliers, anomalies: anomalies @ values / anomalies.sum(axis=1)  # noqa: E731
+    result = bootstrap.paired_difference([accumulator_of(boosted(images, 0.5))], [accumulator], mean_anomaly_score, n_resamples=50)
+    assert 0.45 < result["low"] <= result["difference"] <= result["high"] < 0.55  # every anomaly pixel raised by 0.5
+
+
+def test_replicates_are_kept_until_the_images_change(rng):
+    images = make_images(rng, 8)
+    accumulator = accumulator_of(images[:7])
+    first = accumulator.replicates(30, seed=1)
+    first["auprc"][:] = -1  # a caller's copy: the kept values stay intact
+    assert np.array_equal(accumulator.replicates(30, seed=1)["auprc"], accumulator_of(images[:7]).replicates(30, seed=1)["auprc"])
+    accumulator.add_map(*images[7], image_id=7)
+    assert np.array_equal(accumulator.replicates(30, seed=1)["auprc"], accumulator_of(images).replicates(30, seed=1)["auprc"])

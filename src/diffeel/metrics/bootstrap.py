@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse
 
 from ..labels import ANOMALY, INLIER, VOID
-from ._counts import FLOAT16_PATTERNS, to_keys
+from ._counts import FLOAT16_PATTERNS, from_keys, to_keys
 from .pixel import (
     TPR_TARGET_DEN,
     TPR_TARGET_NUM,
@@ -132,6 +132,7 @@ def _id_order(image_id):
 class _Pooled:
     """The images' tables side by side, columns = the distinct keys of all images (ascending)."""
 
+    values: np.ndarray  # the score value of each column, float64 ascending
     inliers: scipy.sparse.csc_matrix  # images × distinct keys, float64 holding exact integers
     anomalies: scipy.sparse.csc_matrix
     inlier_totals: np.ndarray  # per image, float64
@@ -154,6 +155,7 @@ class BootstrapAccumulator:
     def __init__(self):
         self._images: dict[int | str, ImageHistogram] = {}
         self._pooled: _Pooled | None = None
+        self._replicates: dict = {}  # (n_resamples, seed, protocol) → metric arrays, until images change
 
     # ---- building -----------------------------------------------------------------------------
 
@@ -165,7 +167,7 @@ class BootstrapAccumulator:
         if image_id in self._images:
             raise ValueError(f"image id {image_id!r} was already added")
         self._images[image_id] = _checked_histogram(histogram)
-        self._pooled = None
+        self._forget_pooled()
         return self
 
     def add_map(self, score_map, label_map, *, image_id: int | str) -> BootstrapAccumulator:
@@ -181,8 +183,12 @@ class BootstrapAccumulator:
             shown = sorted(repeated, key=_id_order)[:5] if repeated else list(self._images)[:5]
             raise ValueError(f"cannot merge accumulators sharing image ids, e.g. {shown}")
         self._images.update(other._images)
-        self._pooled = None
+        self._forget_pooled()
         return self
+
+    def _forget_pooled(self) -> None:
+        self._pooled = None
+        self._replicates = {}
 
     @property
     def image_ids(self) -> list:
@@ -213,6 +219,7 @@ class BootstrapAccumulator:
                 return counts.tocsc()
 
             self._pooled = _Pooled(
+                values=from_keys(np.flatnonzero(present).astype(np.uint16), "f16").astype(np.float64),
                 inliers=matrix(1),
                 anomalies=matrix(2),
                 inlier_totals=np.array([float(table[1].sum()) for table in tables]),
@@ -260,14 +267,53 @@ class BootstrapAccumulator:
         _check_resampling(n_resamples, seed)
         if self.n_images == 0:
             raise ValueError("no images were added, so there is nothing to resample")
-        values = {name: np.full(n_resamples, math.nan) for name in METRIC_NAMES}
-        compute, per_chunk = self._metrics_of(protocol, chunk_bytes)
+        cached = self._replicates.get((n_resamples, seed, protocol))
+        if cached is None:
+            # kept: comparing one method with several others resamples it once
+            cached = {name: np.full(n_resamples, math.nan) for name in METRIC_NAMES}
+            compute, per_chunk = self._metrics_of(protocol, chunk_bytes)
+            start = 0
+            for drawn in self._draw_chunks(n_resamples, seed, per_chunk):
+                for name, chunk_values in zip(METRIC_NAMES, compute(_multiplicities(drawn, self.n_images))):
+                    cached[name][start : start + len(drawn)] = chunk_values
+                start += len(drawn)
+            self._replicates[(n_resamples, seed, protocol)] = cached
+        return {name: values.copy() for name, values in cached.items()}
+
+    def statistic_replicates(self, statistic, n_resamples: int = 1000, seed: int = 0, *,
+                             chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
+        """Any statistic of the pooled pixels, per replicate: ``(n_resamples,)``.
+
+        ``statistic(values, inlier_counts, anomaly_counts)`` gets the distinct float16 score values
+        of all images (ascending, float64) and, for a block of replicates, the pooled inlier and
+        anomaly pixel counts at each value (``(replicates, values)`` arrays); it returns one number
+        per replicate. The draws are those of :meth:`replicates` with the same ``seed``, so a
+        statistic and a metric of one accumulator are resampled together.
+        """
+        _check_resampling(n_resamples, seed)
+        if self.n_images == 0:
+            raise ValueError("no images were added, so there is nothing to resample")
+        pooled = self._pool()
+        result = np.full(n_resamples, math.nan)
         start = 0
-        for drawn in self._draw_chunks(n_resamples, seed, per_chunk):
-            for name, chunk_values in zip(METRIC_NAMES, compute(_multiplicities(drawn, self.n_images))):
-                values[name][start : start + len(drawn)] = chunk_values
+        for drawn in self._draw_chunks(n_resamples, seed, max(1, chunk_bytes // (4 * 8 * max(1, len(pooled.values))))):
+            result[start : start + len(drawn)] = self._statistic_of(statistic, _multiplicities(drawn, self.n_images), chunk_bytes)
             start += len(drawn)
-        return values
+        return result
+
+    def statistic_point(self, statistic) -> float:
+        """:meth:`statistic_replicates`' statistic of all images once."""
+        if self.n_images == 0:
+            raise ValueError("no images were added")
+        return float(self._statistic_of(statistic, np.ones((1, self.n_images)), DEFAULT_CHUNK_BYTES)[0])
+
+    def _statistic_of(self, statistic, multiplicities: np.ndarray, chunk_bytes: int) -> np.ndarray:
+        pooled = self._pool()
+        counts = {}
+        for side, table in (("inliers", pooled.inliers), ("anomalies", pooled.anomalies)):
+            counts[side] = np.empty((len(multiplicities), len(pooled.values)))
+            _resampled_counts(multiplicities, table, counts[side], chunk_bytes)
+        return np.asarray(statistic(pooled.values, counts["inliers"], counts["anomalies"]), dtype=np.float64)
 
     def point(self, protocol: str | Protocol | None = "pooled", **protocol_options) -> dict:
         """The metrics of all images once (at the replicates' float16 resolution):
@@ -348,7 +394,7 @@ class BootstrapAccumulator:
         return result
 
 
-def paired_difference(a_runs: list[BootstrapAccumulator], b_runs: list[BootstrapAccumulator], metric: str = "auprc", *,
+def paired_difference(a_runs: list[BootstrapAccumulator], b_runs: list[BootstrapAccumulator], metric="auprc", *,
                       n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
                       protocol: str | Protocol | None = "pooled") -> dict:
     """How much method A beats method B in ``metric``, with an interval over training seeds and
@@ -362,16 +408,27 @@ def paired_difference(a_runs: list[BootstrapAccumulator], b_runs: list[Bootstrap
     percentile interval of the replicates' differences. Returns ``difference``, ``low``, ``high``,
     ``n_seeds``, ``n_resamples``, ``n_skipped`` (replicates where a metric is undefined) and
     ``confidence``.
+
+    ``metric`` is a metric name or a statistic as :meth:`BootstrapAccumulator.statistic_replicates`
+    takes. Runs over different images (say, clear against adverse frames) get independent image
+    draws: the interval is then that of an unpaired difference.
+    With few seeds the seed resampling is coarse (3 seeds give 10 distinct multisets) and, like
+    any bootstrap over a small sample, a little narrower than the spread it estimates.
     """
-    if metric not in METRIC_NAMES:
-        raise ValueError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")
+    if not callable(metric) and metric not in METRIC_NAMES:
+        raise ValueError(f"metric must be one of {', '.join(METRIC_NAMES)} or a statistic, got {metric!r}")
     if not a_runs or len(a_runs) != len(b_runs):
         raise ValueError(f"need one run of A and one of B per training seed, got {len(a_runs)} and {len(b_runs)}")
     if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
         raise ValueError(f"confidence must be a number strictly between 0 and 1, got {confidence!r}")
-    difference = float(np.mean([a.point(protocol)[metric] - b.point(protocol)[metric] for a, b in zip(a_runs, b_runs)]))
-    per_seed = np.stack([a.replicates(n_resamples, seed, protocol)[metric] - b.replicates(n_resamples, seed, protocol)[metric]
-                         for a, b in zip(a_runs, b_runs)])  # (seeds, replicates)
+    if callable(metric):
+        point = lambda run: run.statistic_point(metric)  # noqa: E731
+        resampled = lambda run: run.statistic_replicates(metric, n_resamples, seed)  # noqa: E731
+    else:
+        point = lambda run: run.point(protocol)[metric]  # noqa: E731
+        resampled = lambda run: run.replicates(n_resamples, seed, protocol)[metric]  # noqa: E731
+    difference = float(np.mean([point(a) - point(b) for a, b in zip(a_runs, b_runs)]))
+    per_seed = np.stack([resampled(a) - resampled(b) for a, b in zip(a_runs, b_runs)])  # (seeds, replicates)
     drawn_seeds = np.random.default_rng([seed, len(a_runs)]).integers(0, len(a_runs), size=(n_resamples, len(a_runs)))
     replicates = per_seed[drawn_seeds, np.arange(n_resamples)[:, None]].mean(axis=1)
     kept = ~np.isnan(replicates)
