@@ -106,12 +106,20 @@ def test_checkpoints_load_with_weights_only_and_fail_clearly(tmp_path):
 
 
 def test_a_tiny_demo_writes_every_output(tmp_path):
-    config = DemoConfig(per_weather=1, train_frames=4, closed_steps=3, residual_steps=2, batch_size=2, size=(128, 64), ablate_objects=False)
+    config = DemoConfig(per_weather=1, train_frames=4, closed_steps=3, residual_steps=2, batch_size=2, size=(128, 64), ablate_objects=False,
+                        seeds=2)
     results = run_demo(config, tmp_path / "demo", progress=False)
     for name in ("results.json", "report.md", "report.html", "fig8_weather.png", "fig7_energy_gap.png", "fig6_score_maps.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0, name
     stored = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert set(stored) >= {"methods", "config", "timings", "findings", "energy_gap"}
+    assert set(stored) >= {"methods", "spread", "methods_by_seed", "seeds", "config", "timings", "findings", "energy_gap"}
+    # every recipe trained once per seed; the reported value is the mean over seeds
+    assert stored["seeds"] == [0, 1] and sorted(p.name for p in (tmp_path / "demo" / "cache").glob("*/seed-*")) == ["seed-0", "seed-1"]
+    by_seed = [seed["rpl+eel/eel"]["whole"]["auprc"] for seed in stored["methods_by_seed"]]
+    assert by_seed[0] != by_seed[1]
+    assert stored["methods"]["rpl+eel/eel"]["whole"]["auprc"] == pytest.approx(np.mean(by_seed))
+    assert stored["spread"]["rpl+eel/eel"]["whole"]["auprc"] == pytest.approx(np.std(by_seed, ddof=1))
+    assert all(f["verdict"] in ("holds", "within noise", "DOES NOT HOLD") and f["parts"] for f in stored["findings"])
     runs = stored["runs"]  # which loss and which data each row used
     assert runs["rpl"]["synthesizer"] == "rpl-mix" and runs["rpl-loss"]["synthesizer"] == "placement"
     assert runs["rpl"]["loss"] == runs["rpl-loss"]["loss"] == "rpl" and runs["rpl+eel"]["loss"] == "rpl+eel"
@@ -135,28 +143,73 @@ def test_a_tiny_demo_writes_every_output(tmp_path):
     assert again["methods"]["rpl+eel/eel"]["whole"]["auprc"] == results["methods"]["rpl+eel/eel"]["whole"]["auprc"]
 
 
-def test_findings_follow_the_numbers_and_skip_recipes_not_trained():
-    from diffeel.experiments.demo_report import _ablation, findings
+def _seeded_tables(gains: dict, seeds: int = 3) -> tuple[dict, list[dict]]:
+    """Per-seed accumulators of synthetic methods on 24 frames (12 clear, 12 adverse): each method's
+    anomaly scores are a shared base raised by ``gains[method][seed]``; adverse frames are harder."""
+    from diffeel.experiments.demo_findings import grouped
+    from diffeel.metrics import PixelMetrics
+    from diffeel.metrics.bootstrap import BootstrapAccumulator
 
-    def run(**auprc):
-        return {"methods": {m.replace("_", "/"): {g: {"auprc": v} for g, v in zip(("whole", "clear", "adverse"), values)}
-                            for m, values in auprc.items()}, "energy_gap": {}}
+    rng = np.random.default_rng(0)
+    frames = []
+    for index in range(24):
+        labels = (rng.random((16, 16)) < 0.2).astype(np.uint8)
+        adverse = index >= 12
+        frames.append((rng.normal(size=(16, 16)) + (0.6 if adverse else 1.5) * labels, labels, "fog" if adverse else "clear"))
+    accumulators, per_seed = [], []
+    for seed in range(seeds):
+        tables, methods = {}, {}
+        for method, gain in gains.items():
+            by_weather = {"clear": BootstrapAccumulator(), "fog": BootstrapAccumulator()}
+            metrics = {"clear": PixelMetrics(), "fog": PixelMetrics(), "whole": PixelMetrics()}
+            for index, (scores, labels, weather) in enumerate(frames):
+                boosted = (scores + gain[seed] * labels).astype(np.float16)
+                by_weather[weather].add_map(boosted, labels, image_id=index)
+                metrics[weather].update(boosted, labels)
+                metrics["whole"].update(boosted, labels)
+            tables[method] = {"whole": grouped(by_weather, ("clear", "fog")), "clear": by_weather["clear"], "adverse": by_weather["fog"]}
+            methods[method] = {"whole": metrics["whole"].compute(), "clear": metrics["clear"].compute(), "adverse": metrics["fog"].compute()}
+        accumulators.append(tables)
+        per_seed.append(methods)
+    mean = {m: {g: {"auprc": float(np.mean([r[m][g]["auprc"] for r in per_seed]))} for g in per_seed[0][m]} for m in gains}
+    return {"methods": mean, "energy_gap": {}}, accumulators
 
-    quick = run(closed_msp=(0.20, 0.30, 0.15), closed_energy=(0.22, 0.35, 0.18), **{"rpl+eel_eel": (0.26, 0.40, 0.20),
-                "rpl+eel_energy": (0.25, 0.39, 0.2), "rpl+eel_msp": (0.21, 0.3, 0.19)})
-    claims = {f["claim"]: f["holds"] for f in findings(quick)}
-    assert not any("RPL loss" in claim for claim in claims)  # no rpl recipe: not measured, not "failed"
-    assert [row[0] for row in _ablation(quick)[1]] == ["anomaly score (rpl+eel model)"] * 3  # no one-sided loss ablation
-    assert claims["rpl+eel/eel beats closed/msp by at least 5 AUPRC points (whole test set)"] is True
-    assert claims["EEL score ≥ energy ≥ MSP (rpl+eel model)"] is True
-    worse = run(closed_msp=(0.20, 0.30, 0.15), closed_energy=(0.22, 0.35, 0.18), **{"rpl+eel_eel": (0.249, 0.40, 0.20),
-                "rpl+eel_energy": (0.25, 0.39, 0.2), "rpl+eel_msp": (0.21, 0.3, 0.19), "rpl-loss_eel": (0.3, 0.4, 0.2),
-                "rpl-loss_energy": (0.3, 0.4, 0.2), "rpl_energy": (0.24, 0.3, 0.2)})
-    claims = {f["claim"]: f["holds"] for f in findings(worse)}
-    assert claims["rpl+eel/eel beats closed/msp by at least 5 AUPRC points (whole test set)"] is False  # 4.9 points
-    assert claims["EEL loss ≥ RPL loss (same data, same EEL score)"] is False
-    assert claims["RPL + DiffEEL (EEL loss and score, diffeel's data) beats RPL as published (its loss, mixing and energy score)"] is True
-    assert claims["diffeel's placement beats RPL's random paste (RPL loss, energy score)"] is True
+
+def test_findings_give_verdicts_from_intervals_over_seeds_and_images_and_skip_recipes_not_trained():
+    from diffeel.experiments.demo_findings import findings
+
+    steady, mixed = (0.0, 0.0, 0.0), (1.5, 1.5, -1.5)
+    results, tables = _seeded_tables({"closed/msp": steady, "closed/energy": (0.4, 0.4, 0.4), "rpl+eel/eel": (1.2, 1.3, 1.1),
+                                      "rpl+eel/energy": mixed, "rpl+eel/msp": (-1.0, -1.0, -1.0)})
+    verdicts = {f["claim"]: f["verdict"] for f in findings(results, tables, n_resamples=300)}
+    assert not any("RPL loss" in claim for claim in verdicts)  # no rpl recipe: not measured, not "failed"
+    assert verdicts["rpl+eel/eel beats closed/msp by at least 5 AUPRC points (whole test set)"] == "holds"
+    assert verdicts["closed/msp is better in clear than in adverse weather"] == "holds"
+    # eel vs energy: two seeds win, one loses big (training noise); energy vs msp holds
+    assert verdicts["EEL score ≥ energy ≥ MSP (rpl+eel model)"] == "within noise"
+    assert verdicts["adverse weather degrades every main method"] == "holds"  # over the main methods trained
+
+    results, tables = _seeded_tables({"closed/msp": steady, "rpl+eel/eel": (-0.3, -0.3, -0.3), "rpl+eel/energy": steady,
+                                      "rpl+eel/msp": steady, "rpl-loss/eel": steady})
+    reported = {f["claim"]: f for f in findings(results, tables, n_resamples=300)}
+    assert reported["rpl+eel/eel beats closed/msp by at least 5 AUPRC points (whole test set)"]["verdict"] == "DOES NOT HOLD"
+    assert reported["EEL score ≥ energy ≥ MSP (rpl+eel model)"]["verdict"] == "DOES NOT HOLD"  # one part on the wrong side
+    part = reported["EEL loss ≥ RPL loss (same data, same EEL score)"]["parts"][0]
+    assert part["verdict"] == "DOES NOT HOLD" and part["low"] <= part["difference"] <= part["high"] < 0
+    assert part["values"] == [results["methods"]["rpl+eel/eel"]["whole"]["auprc"], results["methods"]["rpl-loss/eel"]["whole"]["auprc"]]
+
+
+def test_the_energy_gap_statistic_matches_sorting_the_pixels():
+    from diffeel.experiments.demo_findings import hard_pixel_energies
+
+    rng = np.random.default_rng(3)
+    inlier_energy, anomaly_energy = rng.normal(5, 1, 4000), rng.normal(3, 1, 400)
+    values = np.unique(np.concatenate([-inlier_energy, -anomaly_energy]))  # scores = -E
+    inliers = np.isin(values, -inlier_energy)[None].astype(float)
+    anomalies = np.isin(values, -anomaly_energy)[None].astype(float)
+    hard_inliers, hard_anomalies = hard_pixel_energies(values, inliers, anomalies)
+    assert hard_inliers[0] == pytest.approx(np.sort(inlier_energy)[:1000].mean(), rel=1e-12)  # lowest-energy quarter
+    assert hard_anomalies[0] == pytest.approx(np.sort(anomaly_energy)[-100:].mean(), rel=1e-12)  # highest-energy quarter
 
 
 @pytest.mark.slow

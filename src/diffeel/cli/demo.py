@@ -21,7 +21,10 @@ def add_parser(commands) -> None:
     )
     add_output_argument(demo, "output folder (default runs/demo)", default="runs/demo")
     demo.add_argument("--quick", action="store_true", help="a smaller run: closed and rpl+eel only (about 3 minutes on 2 cores)")
-    demo.add_argument("--seed", type=count(0), default=0)
+    demo.add_argument("--seed", type=count(0), default=0, help="the world's seed and the first training seed (default 0)")
+    demo.add_argument("--seeds", type=count(1), default=None,
+                      help="train every recipe with this many seeds (seed, seed+1, …) and give each finding an interval over "
+                      "seeds and test images (default 3; 1 with --quick)")
     demo.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     add_jobs_argument(demo, "worker processes for building the world")
     add_quiet_argument(demo, bars="bars")
@@ -30,20 +33,27 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..experiments.demo import DemoConfig, run_demo
-    from ..experiments.demo_report import main_methods
+    from ..experiments.demo_report import main_methods, seeds_note
     from ..report.output import check_output_dir
 
     check_output_dir(args.out, allowed=("cache",))
-    config = DemoConfig.preset(args.quick, seed=args.seed, device=args.device, jobs=args.jobs)
+    config = DemoConfig.preset(args.quick, seed=args.seed, seeds=args.seeds, device=args.device, jobs=args.jobs)
     results = run_demo(config, args.out, progress=not args.quiet)
-    methods = results["methods"]
-    print(f"\ndiffeel demo ({'quick' if args.quick else 'default'}): AUPRC / FPR95 in percent on {results['n_test_frames']} test frames")
-    print(f"{'method':<22}{'clear':>16}{'adverse':>16}{'whole':>16}")
+    methods, spread = results["methods"], results["spread"]
+    print(f"\ndiffeel demo ({'quick' if args.quick else 'default'}): AUPRC / FPR95 in percent on {results['n_test_frames']} test frames;")
+    print(f"{seeds_note(results)}")
+    print(f"{'method':<16}" + "".join(f"{group:>26}" for group in ("clear", "adverse", "whole")))
     for method in main_methods(results):
-        cells = "".join(f"{100 * methods[method][g]['auprc']:>8.2f}{100 * methods[method][g]['fpr95']:>8.2f}" for g in ("clear", "adverse", "whole"))
-        print(f"{method:<22}{cells}")
+        cells = "".join(f"{_with_spread(methods, spread, method, g, 'auprc'):>14}{_with_spread(methods, spread, method, g, 'fpr95'):>12}"
+                        for g in ("clear", "adverse", "whole"))
+        print(f"{method:<16}{cells}")
     print()
     for finding in results["findings"]:
-        print(f"  [{'holds' if finding['holds'] else 'DOES NOT HOLD'}] {finding['claim']}: {finding['evidence']}")
+        print(f"  [{finding['verdict']}] {finding['claim']}: {finding['evidence']}")
     print(f"\nreport: {Path(args.out) / 'report.md'} and report.html; numbers in results.json "
           f"({results['timings']['total_s']:.0f} s)")
+
+
+def _with_spread(methods: dict, spread: dict, method: str, group: str, key: str) -> str:
+    deviation = spread[method][group][key]
+    return f"{100 * methods[method][group][key]:.2f}" + (f"±{100 * deviation:.2f}" if deviation else "")

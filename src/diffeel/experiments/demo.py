@@ -30,18 +30,19 @@ from ..metrics import PixelMetrics
 from ..scores import SCORES, all_scores
 
 
-DEMO_RECIPES = 2  # bumped when the demo's recipes change, so that old checkpoints are not reused
+DEMO_RECIPES = 3  # bumped when the demo's recipes change, so that old checkpoints are not reused
 
 
 @dataclass
 class DemoConfig:
     quick: bool = False
-    seed: int = 0
+    seed: int = 0  # the world's seed and the first training seed
+    seeds: int = 3  # training seeds: every recipe is trained with seed, seed + 1, …
     size: tuple[int, int] = (256, 128)
     per_weather: int = 12
     train_frames: int = 200
-    closed_steps: int = 900
-    residual_steps: int = 400
+    closed_steps: int = 500
+    residual_steps: int = 120
     batch_size: int = 8
     closed_lr: float = 3e-3
     residual_lr: float = 3e-4
@@ -54,12 +55,16 @@ class DemoConfig:
     @classmethod
     def preset(cls, quick: bool, **overrides) -> "DemoConfig":
         if quick:
-            # the quick run spends its 3 minutes on the host and on rpl+eel, and skips the baselines
-            base = cls(quick=True, per_weather=6, train_frames=160, closed_steps=560, residual_steps=140, rpl_baseline=False,
+            # the quick run spends its 3 minutes on one seed of the host and of rpl+eel, and skips the baselines
+            base = cls(quick=True, seeds=1, per_weather=6, train_frames=160, closed_steps=560, residual_steps=140, rpl_baseline=False,
                        ablate_pool=False, ablate_objects=False)
         else:
             base = cls()
         return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
+
+    @property
+    def training_seeds(self) -> list[int]:
+        return [self.seed + index for index in range(self.seeds)]
 
 
 # The residual runs: (name, preset, overrides, ablation flag). ``rpl`` is RPL as published (its loss
@@ -76,17 +81,18 @@ RESIDUAL_RUNS = (
 )
 
 
-def _train_recipes(config: DemoConfig, cache: Path, progress: bool) -> tuple[dict, dict, dict]:
+def _train_recipes(config: DemoConfig, cache: Path, seed: int, progress: bool) -> tuple[dict, dict, dict]:
+    """The closed host and the residual runs of one training seed, each cached in ``cache/seed-<seed>/``."""
     from ..train.recipes import load_small_host, preset, resolve_device, train_on_world
 
     resolve_device(config.device)  # fail before any work when CUDA is asked for and absent
-    world_train = cache / "world" / "train"
+    world_train, folder = cache / "world" / "train", cache / f"seed-{seed}"
     timings = {}
-    common = {"batch_size": config.batch_size, "seed": config.seed}
+    common = {"batch_size": config.batch_size, "seed": seed}
     started = time.perf_counter()
     closed = preset("demo-closed", steps=config.closed_steps, lr=config.closed_lr, **common)
-    train_on_world(closed, world_train, cache / "closed", device=config.device, progress=progress)
-    host = load_small_host(cache / "closed").to(config.device)
+    train_on_world(closed, world_train, folder / "closed", device=config.device, progress=progress)
+    host = load_small_host(folder / "closed").to(config.device)
     timings["closed"] = time.perf_counter() - started
     models, runs = {"closed": host}, {"closed": closed}
     for name, recipe, overrides, flag in RESIDUAL_RUNS:
@@ -94,7 +100,7 @@ def _train_recipes(config: DemoConfig, cache: Path, progress: bool) -> tuple[dic
             continue
         started = time.perf_counter()
         run_config = preset(recipe, steps=config.residual_steps, lr=config.residual_lr, **common, **overrides)
-        models[name] = train_on_world(run_config, world_train, cache / name, host=host, device=config.device, progress=progress)
+        models[name] = train_on_world(run_config, world_train, folder / name, host=host, device=config.device, progress=progress)
         runs[name] = run_config
         timings[name] = time.perf_counter() - started
     return models, runs, timings
@@ -107,14 +113,22 @@ def _logits(model, images: torch.Tensor) -> torch.Tensor:
     return output[1] if isinstance(output, tuple) else output
 
 
-def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: int = 16) -> tuple[dict, dict]:
-    """Metrics of every (recipe, score) on the test set, grouped, and material for the figures.
+def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: int = 16) -> tuple[dict, dict, dict]:
+    """Metrics of every (recipe, score) on the test set, grouped; per-image tables of the methods
+    the findings compare; and Figure 6's maps.
 
     Each weather is accumulated once; ``adverse`` and ``whole`` are exact merges of those states.
+    Returns ``(results, accumulators, example)``: ``accumulators[method][group]`` for ``group`` in
+    whole / clear / adverse, for :data:`~.demo_findings.COMPARED_METHODS` and every recipe's energy
+    (Figure 7).
     """
+    from ..metrics.bootstrap import BootstrapAccumulator
+    from .demo_findings import COMPARED_METHODS, grouped
+
     frames = load_benchmark("comsamy", test_root)
     metrics = {f"{recipe}/{score}": {w: PixelMetrics(name=w) for w in WEATHERS} for recipe in models for score in SCORES}
-    energies = {recipe: {"anomaly": [], "inlier": []} for recipe in models}
+    kept = [method for method in metrics if method in COMPARED_METHODS or method.endswith("/energy")]
+    tables = {method: {w: BootstrapAccumulator() for w in WEATHERS} for method in kept}
     shown = next((f for f in frames if f.metadata["weather"] == "fog"), frames[0])  # Figure 6's frame
     example = {"id": shown.id, "image": shown.load_image(), "label": shown.load_label(), "maps": {}}
     for start in range(0, len(frames), batch):
@@ -124,11 +138,13 @@ def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: i
         weathers = np.array([f.metadata["weather"] for f in chunk])
         for recipe, model in models.items():
             maps = {name: value.numpy() for name, value in all_scores(_logits(model, images).cpu()).items()}
-            energies[recipe]["anomaly"].append(-maps["energy"][labels == 1])
-            energies[recipe]["inlier"].append(-maps["energy"][labels == 0])
             for score, values in maps.items():
+                method = f"{recipe}/{score}"
                 for weather in np.unique(weathers):
-                    metrics[f"{recipe}/{score}"][weather].update(values[weathers == weather], labels[weathers == weather])
+                    metrics[method][weather].update(values[weathers == weather], labels[weathers == weather])
+                if method in kept:
+                    for index, frame in enumerate(chunk):
+                        tables[method][frame.metadata["weather"]].add_map(values[index], labels[index], image_id=frame.id)
             ids = [f.id for f in chunk]
             if shown.id in ids:
                 example["maps"][recipe] = {s: maps[s][ids.index(shown.id)] for s in ("energy", "entropy", "eel")}
@@ -149,24 +165,53 @@ def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: i
             groups = {"whole": merged(by_weather, WEATHERS, "whole"), "clear": by_weather["clear"],
                       "adverse": merged(by_weather, ADVERSE_WEATHERS, "adverse"), **by_weather}
             results[method] = {group: accumulator.compute() for group, accumulator in groups.items()}
+    accumulators = {method: {"whole": grouped(by_weather, WEATHERS), "clear": by_weather["clear"],
+                             "adverse": grouped(by_weather, ADVERSE_WEATHERS)} for method, by_weather in tables.items()}
+    return results, accumulators, example
+
+
+def _energy_gaps(accumulators: list[dict]) -> dict:
+    """Figure 7 per recipe, averaged over seeds: the mean energy of the hardest quarter of inlier
+    and of anomaly pixels (at the tables' float16 resolution), and their gap."""
+    from .demo_findings import hard_pixel_energies
+
     gaps = {}
-    for recipe, values in energies.items():
-        anomaly, inlier = np.concatenate(values["anomaly"]), np.concatenate(values["inlier"])
-        worst_anomalies = np.sort(anomaly)[-max(1, len(anomaly) // 4) :]  # highest energy response
-        worst_inliers = np.sort(inlier)[: max(1, len(inlier) // 4)]  # lowest energy response
-        gaps[recipe] = {"worst_anomaly_mean": float(worst_anomalies.mean()), "worst_inlier_mean": float(worst_inliers.mean()),
-                        "gap": float(worst_inliers.mean() - worst_anomalies.mean())}
-    return results, {"energy_gap": gaps, "example": example, "n_frames": len(frames)}
+    for method in accumulators[0]:
+        if method.endswith("/energy"):
+            bars = [[seed_runs[method]["whole"].statistic_point(lambda *histogram, side=side: hard_pixel_energies(*histogram)[side])
+                     for side in (0, 1)] for seed_runs in accumulators]
+            inliers, anomalies = np.mean(bars, axis=0)
+            gaps[method.rsplit("/", 1)[0]] = {"worst_inlier_mean": float(inliers), "worst_anomaly_mean": float(anomalies),
+                                             "gap": float(inliers - anomalies)}
+    return gaps
+
+
+def _seed_statistics(per_seed: list[dict]) -> tuple[dict, dict]:
+    """The mean over seeds of every metric (counts are the same for every seed), and the spread:
+    the sample standard deviation over seeds of AUPRC, FPR95 and AUROC (0 with one seed)."""
+    mean, spread = {}, {}
+    for method, groups in per_seed[0].items():
+        mean[method], spread[method] = {}, {}
+        for group, values in groups.items():
+            mean[method][group] = dict(values)
+            spread[method][group] = {}
+            for key in ("auprc", "fpr95", "auroc", "best_f1"):
+                seeds = np.array([results[method][group][key] for results in per_seed], dtype=float)
+                mean[method][group][key] = float(np.mean(seeds))
+                spread[method][group][key] = float(np.std(seeds, ddof=1)) if len(seeds) > 1 else 0.0
+    return mean, spread
 
 
 def run_demo(config: DemoConfig, out, progress: bool = True) -> dict:
-    from . import demo_report
+    from . import demo_findings, demo_report
     from ..report.output import atomic_output_dir, write_json
     from ..world.make import WORLD_FORMAT, make_world
 
     out = Path(out)
-    # one cache per configuration, so that quick and default runs (or other seeds) never mix
-    settings = {**{k: v for k, v in asdict(config).items() if k != "jobs"}, "world_format": WORLD_FORMAT, "recipes": DEMO_RECIPES}
+    # one cache per configuration, so that quick and default runs never mix; each training seed in
+    # its own folder, so that more seeds reuse the ones already trained
+    settings = {**{k: v for k, v in asdict(config).items() if k not in ("jobs", "seeds")}, "world_format": WORLD_FORMAT,
+                "recipes": DEMO_RECIPES}
     fingerprint = hashlib.sha1(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:8]
     cache = out / "cache" / f"{'quick' if config.quick else 'default'}-{fingerprint}"
     started = time.perf_counter()
@@ -174,20 +219,28 @@ def run_demo(config: DemoConfig, out, progress: bool = True) -> dict:
     make_world(cache / "world", per_weather=config.per_weather, train=config.train_frames, size=config.size,
                seed=config.seed, jobs=config.jobs, progress=progress)
     timings["world_s"] = time.perf_counter() - started
-    models, runs, train_timings = _train_recipes(config, cache, progress)
-    timings.update({f"train_{k}_s": v for k, v in train_timings.items()})
-    evaluation_started = time.perf_counter()
-    methods, material = evaluate_models(models, cache / "world" / "test", config.device)
-    timings["evaluation_s"] = time.perf_counter() - evaluation_started
+    per_seed, accumulators, example = [], [], None
+    for seed in config.training_seeds:
+        models, runs, train_timings = _train_recipes(config, cache, seed, progress)
+        for name, seconds in train_timings.items():
+            timings[f"train_{name}_s"] = timings.get(f"train_{name}_s", 0.0) + seconds
+        evaluation_started = time.perf_counter()
+        methods, tables, shown = evaluate_models(models, cache / "world" / "test", config.device)
+        timings["evaluation_s"] = timings.get("evaluation_s", 0.0) + time.perf_counter() - evaluation_started
+        per_seed.append(methods)
+        accumulators.append(tables)
+        example = example or shown  # Figure 6 shows the first seed's models
+    methods, spread = _seed_statistics(per_seed)
     run_fields = ("loss", "synthesizer", "object_pool", "objects_per_image", "steps", "lr", "optimizer")
-    results = {"methods": methods, "energy_gap": material["energy_gap"], "config": {**asdict(config), "size": list(config.size)},
+    results = {"methods": methods, "spread": spread, "methods_by_seed": per_seed, "energy_gap": _energy_gaps(accumulators),
+               "config": {**asdict(config), "size": list(config.size)}, "seeds": config.training_seeds,
                "runs": {name: {k: getattr(run, k) for k in run_fields} for name, run in runs.items()},
-               "n_test_frames": material["n_frames"], "timings": timings}
-    results["findings"] = demo_report.findings(results)
+               "n_test_frames": methods["closed/msp"]["whole"]["n_images"], "timings": timings}
+    findings_started = time.perf_counter()
+    results["findings"] = demo_findings.findings(results, accumulators)
+    timings["findings_s"] = time.perf_counter() - findings_started
     with atomic_output_dir(out, allowed=("cache",)) as staging:
-        demo_report.write(staging, results, material)
+        demo_report.write(staging, results, {"example": example})
         timings["total_s"] = time.perf_counter() - started
         write_json(staging / "results.json", results)
     return results
-
-
