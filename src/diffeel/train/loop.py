@@ -274,7 +274,7 @@ def train(
     last = start
     board = _TensorBoard(out / "tensorboard", context.is_main)
     with open(log_path, "a") if context.is_main else open(os.devnull, "w") as log, \
-            tqdm(total=config.steps, initial=start, desc=config.recipe, unit="step", disable=not progress or not context.is_main) as bar:
+            tqdm(total=config.steps, initial=start, desc=f"{config.recipe} (seed {config.seed})", unit="step", disable=not progress or not context.is_main) as bar:
         def pooled():
             return loss_functions.pooled_over_processes(_all_reduce_sum, context.world_size) if context.active else contextlib.nullcontext()
 
