@@ -93,3 +93,15 @@ def test_stats_match_direct_counts(tmp_path, rng, capsys):
     assert stats["n_components"] == expected_components
     assert stats["metadata"]["weather"] == {"clear": 2, "fog": 1}
     assert (tmp_path / "S" / "heatmap.png").exists() and "| 3 |" in capsys.readouterr().out
+
+
+def test_weather_bars_carry_the_seed_spread_as_error_bars():
+    from diffeel.report import plots
+
+    groups = {"weather": {"clear": {"auprc": 0.4, "fpr95": 0.5}, "fog": {"auprc": 0.2, "fpr95": 0.9}}}
+    spread = {"weather": {"clear": {"auprc": 0.03, "fpr95": 0.01}, "fog": {"auprc": 0.05, "fpr95": 0.02}}}
+    figure = plots.methods_by_group_figure({"a": {"groups": groups, "spread": spread}, "b": {"groups": groups}}, "weather")
+    auprc_axis = figure.axes[0]
+    lengths = sorted(round(float(abs(np.diff(segment, axis=0)).max()), 6)
+                     for collection in auprc_axis.collections for segment in collection.get_segments())
+    assert lengths == [6.0, 10.0]  # 2 × 3 and 2 × 5 points: only the run with a spread has error bars

@@ -86,7 +86,13 @@ def _markdown_table(header, rows) -> str:
 
 
 def _figure_weather(results):
-    runs = {m: {"groups": {"weather": {w: results["methods"][m][w] for w in WEATHERS}}} for m in main_methods(results)}
+    runs = {
+        m: {
+            "groups": {"weather": {w: results["methods"][m][w] for w in WEATHERS}},
+            "spread": {"weather": {w: results["spread"][m][w] for w in WEATHERS}} if len(results["seeds"]) > 1 else {},
+        }
+        for m in main_methods(results)
+    }
     return plots.methods_by_group_figure(runs, "weather", WEATHERS)
 
 

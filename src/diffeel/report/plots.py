@@ -81,16 +81,21 @@ def thinned_curves(curves: dict) -> dict:
 
 
 def methods_by_group_figure(runs: dict[str, dict], field: str, order=None):
-    """Grouped bars: AUPRC and FPR95 per group value (e.g. weather), one bar per method (Figure 8)."""
+    """Grouped bars: AUPRC and FPR95 per group value (e.g. weather), one bar per method (Figure 8).
+
+    A run's optional ``spread[field][value][metric]`` (e.g. the standard deviation over training
+    seeds) is drawn as an error bar."""
     values = list(order or dict.fromkeys(v for r in runs.values() for v in r.get("groups", {}).get(field, {})))
     figure, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     width = 0.8 / max(len(runs), 1)
     positions = np.arange(len(values))
     for index, (method, results) in enumerate(runs.items()):
         group = results.get("groups", {}).get(field, {})
+        spread = results.get("spread", {}).get(field)
         for axis, key in zip(axes, ("auprc", "fpr95")):
             heights = [100 * (group.get(v, {}).get(key) or 0) for v in values]
-            axis.bar(positions + index * width - 0.4 + width / 2, heights, width, label=method)
+            errors = [100 * (spread.get(v, {}).get(key) or 0) for v in values] if spread else None
+            axis.bar(positions + index * width - 0.4 + width / 2, heights, width, yerr=errors, capsize=2, label=method)
     for axis, title in zip(axes, ("AUPRC % ↑", "FPR95 % ↓")):
         axis.set_xticks(positions, values, rotation=30)
         axis.set(title=f"{title} by {field}", ylim=(0, 100))
