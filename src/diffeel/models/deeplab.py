@@ -56,6 +56,7 @@ class SmallDeepLab(DeepLabV3PlusDecoder, nn.Module):
     """``forward(images) -> logits`` at input size; images are RGB float in 0..1, (B, 3, H, W)."""
 
     input_normalization = "unit"  # it normalises inside
+    adapter_point = "bot_aspp"  # a residual adapter corrects the context features, as RPL's module does
 
     def __init__(self, num_classes: int = NUM_CLASSES, width: int = 16):
         super().__init__()
