@@ -117,3 +117,78 @@ def test_mask2anomaly_official_score_matches_the_official_evaluation(tmp_path):
     assert np.array_equal(actual == 0, expected == 0)
     # the class map sums 100 queries at 1024×1536 (values up to ~20): float32 error grows with it
     np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-4)
+
+
+def seeded_image(shape, seed: int) -> torch.Tensor:
+    """The recording script's seeded uint8 image (H, W, 3)."""
+    return probe(shape, seed=seed, low=0.0, high=256.0).floor().clamp(max=255).to(torch.uint8)
+
+
+def script_outputs(model, script: dict, name: str) -> dict:
+    """diffeel's preprocessing and logits for the script's image ``name``, at the recorded pixels."""
+    image = script["images"][name]
+    rgb = seeded_image(image["shape"], image["seed"]).permute(2, 0, 1)[None].float()  # what scoring feeds a "0-255" model
+    pixels = script["pixels"].long()
+    with torch.no_grad():
+        network_input, logits = model.preprocess(rgb), model(rgb)
+    return {"input": network_input[0].flatten(1)[:, pixels], "input_mean": network_input[0].mean((1, 2)),
+            "output": logits[0].flatten(1)[:, pixels], "output_mean": logits[0].mean((1, 2)), "shape": logits.shape}
+
+
+def released_layout(keys) -> dict:
+    """Name-derived weights in the layout of a file saved before PyTorch 0.4.1 (no ``num_batches_tracked``)."""
+    return {name: tensor for name, tensor in name_state(keys).items() if not name.endswith("num_batches_tracked")}
+
+
+def test_espnet_matches_the_official_network(tmp_path):
+    """ESPNet p=2, q=8 (test/Model.py's ESPNet(20, 2, 8)): all 20 channels at the input size."""
+    record = fixture("espnet")
+    torch.save(released_layout(record["keys"]), tmp_path / "espnet_p_2_q_8.pth")
+    model = create_model("espnet_cityscapes", checkpoint=tmp_path / "espnet_p_2_q_8.pth")
+    with torch.no_grad():
+        output = model.network(probe(record["input_shape"], seed=record["input_seed"]))
+    assert_close(output, record["output"])
+
+
+@pytest.mark.parametrize("image", ["small", "cityscapes"])
+def test_espnet_matches_the_official_test_script(tmp_path, image):
+    """The official test script's evaluateModel (cv2.imread's BGR, its mean / std, cv2.resize to
+    1024×512, / 255) against diffeel's preprocessing of the same RGB image, up- (100×60) and
+    down-sampled (2048×1024); the logits are the script's first 19 channels (void dropped)."""
+    record = fixture("espnet")
+    torch.save(released_layout(record["keys"]), tmp_path / "espnet_p_2_q_8.pth")
+    model = create_model("espnet_cityscapes", checkpoint=tmp_path / "espnet_p_2_q_8.pth")
+    expected, actual = record["script"]["images"][image], script_outputs(model, record["script"], image)
+    assert actual["shape"] == (1, 19, 512, 1024)
+    assert_close(actual["input"], expected["input"])
+    assert_close(actual["input_mean"], expected["input_mean"])
+    assert_close(actual["output"], expected["output"][:19])
+    assert_close(actual["output_mean"], expected["output_mean"][:19])
+
+
+@pytest.mark.parametrize("name, fixture_name", [("espnet_cityscapes", "espnet")])
+def test_official_layouts_load_strictly(tmp_path, name, fixture_name):
+    """The official key names load as saved, with a DataParallel ``module.`` prefix, and as diffeel
+    saves the model; a renamed key or a wrong shape ends in one sentence naming the key."""
+    from diffeel.errors import DiffeelError
+
+    state = released_layout(fixture(fixture_name)["keys"])
+    layouts = {"bare": state, "module": {f"module.{key}": value for key, value in state.items()}}
+    for layout, weights in layouts.items():
+        torch.save(weights, tmp_path / f"{layout}.pth")
+        model = create_model(name, checkpoint=tmp_path / f"{layout}.pth")
+    torch.save(model.state_dict(), tmp_path / "diffeel.pth")
+    create_model(name, checkpoint=tmp_path / "diffeel.pth")
+
+    first = next(iter(state))
+    renamed = {(key + "_renamed" if key == first else key): value for key, value in state.items()}
+    torch.save(renamed, tmp_path / "renamed.pth")
+    with pytest.raises(DiffeelError, match=f"key 'network.{first}' is missing") as missing:
+        create_model(name, checkpoint=tmp_path / "renamed.pth")
+    reshaped = dict(state, **{first: state[first][:1]})
+    torch.save(reshaped, tmp_path / "reshaped.pth")
+    with pytest.raises(DiffeelError, match="has shape") as wrong_shape:
+        create_model(name, checkpoint=tmp_path / "reshaped.pth")
+    for error in (missing, wrong_shape):
+        message = str(error.value)
+        assert "\n" not in message and message.count(". ") == 0, message

@@ -6,7 +6,8 @@ repository at the pinned commit, then run, from the repository root:
 
     python tests/official/record_official_outputs.py \\
         --rpl RPL --u2net U-2-Net --dovenet Image-Harmonization-Dataset-iHarmony4 \\
-        --mask2anomaly Mask2Anomaly-Unmasking-Anomalies-in-Road-Scene-Segmentation
+        --mask2anomaly Mask2Anomaly-Unmasking-Anomalies-in-Road-Scene-Segmentation \\
+        --espnet ESPNet --edgenets EdgeNets
 
 - RPL (yyliu01/RPL, commit 1a327d50e78176202a457c894a56ac6e6e6c7242): ``rpl.code/model/network.py``
   ``Network(19)`` (``branch1`` = ``DeepWV3Plus``), loaded as RPL's ``res.pth`` is (its keys), and
@@ -25,6 +26,11 @@ repository at the pinned commit, then run, from the repository root:
   CPU only); the deformable attention's CUDA operator is replaced by an empty module, so the
   official code takes its pure-PyTorch path, and torchvision's detection operators and timm's Swin
   layers by empty names (:func:`stub_torchvision`).
+- ESPNet (sacmehta/ESPNet, commit afe71c38edaee3514ca44e0adcafdf36109bf437): ``test/Model.py``
+  ``ESPNet(20, 2, 8)``, on a small input; and the whole test script: ``test/VisualizeResults.py``'s
+  own ``evaluateModel`` (``cv2.imread``, its mean / std, ``cv2.resize`` to 1024×512, / 255) run on
+  PNG files of a small and of a Cityscapes-sized seeded image, the network's input and output
+  sampled at fixed pixels (:func:`record_script`).
 
 Every network runs in eval mode on the CPU in float32. torchvision and timm are never imported
 (:func:`stub_torchvision`). Each fixture holds
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -47,6 +54,7 @@ from official_weights import name_state, name_tensor, probe  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "data" / "official"
 CLASS_BIAS, BOOSTED_CLASS, CLASS_BOOST = "sem_seg_head.predictor.class_embed.bias", 5, 15.0
+SCRIPT_SIZE, SCRIPT_SAMPLES, SAMPLES_SEED = (512, 1024), 2048, 10  # the scripts' network input (H, W); pixels kept
 
 
 def load_file(path: Path, name: str):
@@ -191,12 +199,83 @@ def record_mask2anomaly(root: Path) -> None:
          image_seed=6, image_shape=[40, 60, 3], **views)
 
 
+def seeded_image(shape, seed: int) -> torch.Tensor:
+    """A seeded uint8 image of ``shape`` (H, W, 3), every value 0..255 about equally likely."""
+    return probe(shape, seed=seed, low=0.0, high=256.0).floor().clamp(max=255).to(torch.uint8)
+
+
+class Recorder(torch.nn.Module):
+    """Runs ``network`` and keeps its input and output: what a script's evaluation loop feeds it."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network, self.seen = network, []
+
+    def forward(self, x):
+        with torch.no_grad():
+            out = self.network(x)
+        self.seen.append((x.detach().clone(), out.detach().clone()))
+        return out
+
+
+def record_script(run_script, network: torch.nn.Module, images: dict) -> dict:
+    """``run_script(recorder, path, image)`` for each seeded image ``{name: ((H, W, 3), seed)}`` (the
+    script reads the file it is given); the network's input and output at SCRIPT_SAMPLES fixed
+    pixels of its 512×1024 input (``pixels``, flat indices), plus each channel's mean."""
+    height, width = SCRIPT_SIZE
+    pixels = torch.randperm(height * width, generator=torch.Generator().manual_seed(SAMPLES_SEED))[:SCRIPT_SAMPLES].sort().values
+    record = {"pixels": pixels.to(torch.int32), "images": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, (shape, seed) in images.items():
+            recorder = Recorder(network).eval()
+            run_script(recorder, Path(folder) / f"{name}.png", seeded_image(shape, seed))
+            (network_input, output), = recorder.seen
+            assert network_input.shape[-2:] == SCRIPT_SIZE and output.shape[-2:] == SCRIPT_SIZE
+            record["images"][name] = {
+                "shape": list(shape), "seed": seed,
+                "input": network_input[0].flatten(1)[:, pixels], "input_mean": network_input[0].mean((1, 2)),
+                "output": output[0].flatten(1)[:, pixels], "output_mean": output[0].mean((1, 2)),
+            }
+    return record
+
+
+def record_espnet(root: Path) -> None:
+    import cv2
+    import numpy as np
+
+    test = root / "test"
+    sys.path.insert(0, str(test))  # VisualizeResults imports Model by that name
+    try:
+        official = load_file(test / "Model.py", "Model")
+        script = load_file(test / "VisualizeResults.py", "official_espnet_visualize")
+    finally:
+        sys.path.remove(str(test))
+    model = official.ESPNet(20, 2, 8).eval()
+    layout = keys_and_shapes(model.state_dict())
+    model.load_state_dict(name_state(layout), strict=True)
+    images = probe((1, 3, 48, 96), seed=7)
+    with torch.no_grad():
+        output = model(images)
+
+    def run_script(recorder, path: Path, image_rgb: torch.Tensor) -> None:
+        cv2.imwrite(str(path), np.ascontiguousarray(image_rgb.numpy()[:, :, ::-1]))  # the script reads BGR with cv2.imread
+        args = argparse.Namespace(overlay=False, colored=False, cityFormat=False, gpu=False, modelType=1,
+                                  savedir=str(path.parent), img_extn="png")
+        with torch.no_grad():
+            script.evaluateModel(args, recorder, None, [str(path)])
+
+    script_record = record_script(run_script, model, {"small": ((60, 100, 3), 8), "cityscapes": ((1024, 2048, 3), 9)})
+    save("espnet", keys=layout, input_shape=[1, 3, 48, 96], input_seed=7, output=output, script=script_record)
+    del sys.modules["Model"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rpl", type=Path, help="yyliu01/RPL checkout")
     parser.add_argument("--u2net", type=Path, help="xuebinqin/U-2-Net checkout")
     parser.add_argument("--dovenet", type=Path, help="bcmi/Image-Harmonization-Dataset-iHarmony4 checkout")
     parser.add_argument("--mask2anomaly", type=Path, help="shyam671/Mask2Anomaly-Unmasking-Anomalies-in-Road-Scene-Segmentation checkout")
+    parser.add_argument("--espnet", type=Path, help="sacmehta/ESPNet checkout")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one thread: the reductions' order, and so the recorded bits, do not depend on the machine
     if args.rpl:
@@ -207,6 +286,8 @@ def main() -> None:
         record_dovenet(args.dovenet)
     if args.mask2anomaly:
         record_mask2anomaly(args.mask2anomaly)
+    if args.espnet:
+        record_espnet(args.espnet)
 
 
 if __name__ == "__main__":
