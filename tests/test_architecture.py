@@ -29,8 +29,9 @@ LAYERS = (
 )
 LAYER_OF = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 
-# Inside diffeel.models: the registry and the loading helpers sit below every model.
-MODEL_FOUNDATION = ("diffeel.models.registry", "diffeel.models.loading", "diffeel.models.factory", "diffeel.models.checkpoints")
+# Inside diffeel.models: the registry, the loading helpers and the weight cache sit below every model.
+MODEL_FOUNDATION = ("diffeel.models.registry", "diffeel.models.loading", "diffeel.models.factory", "diffeel.models.checkpoints",
+                    "diffeel.models.hub")
 
 
 def module_files(root: Path, package: str) -> dict[str, Path]:

@@ -5,7 +5,8 @@ case's own sandbox folder, the command line (``{s}`` is the sandbox; ``{world}``
 ``{scores}`` and ``{run}`` are good inputs shared by all cases), and a fragment the error sentence
 must contain. The command runs as a subprocess with the sandbox as working directory; afterwards
 the sandbox must be exactly as before (same files, same bytes): no output, no partial output, no
-temporary or lock files, and an existing ``--out`` untouched.
+temporary or lock files, and an existing ``--out`` untouched. The weight cache (``DIFFEEL_HOME``) of
+each case is ``diffeel-home`` in its sandbox, so it is checked the same way.
 
 Argparse errors (usage line + error line) are only checked for exit code 2, no traceback, and the
 fragment in the last line.
@@ -187,6 +188,8 @@ WORLD_MAKE = ["world", "make", "--out", "{s}/w", "--per-weather", "1", "--train"
               "--seed", "7", "--quiet"]
 WEATHER = ["weather", "apply", "--benchmark", "comsamy", "--condition", "rain", "--quiet"]
 TRAIN = ["train", "--world", "{world}", "--out", "{s}/run", "--quiet"]
+FETCH = ["models", "fetch", "espnet_cityscapes", "--quiet", "--url"]
+HOME = "diffeel-home"  # each case's DIFFEEL_HOME (the weight cache), inside its sandbox
 
 
 CASES = [
@@ -312,6 +315,17 @@ CASES = [
     case("train-m2a-on-a-world", [*TRAIN, "--recipe", "m2a"], "trains the Mask2Anomaly host on Cityscapes"),
     case("train-rpl-corrupt-host", [*TRAIN, "--recipe", "rpl", "--host", "{s}/host.pt"], "checkpoint {s}/host.pt could not be read",
          write("host.pt", b"PK\x03\x04 half a checkpoint")),
+    # models fetch (DIFFEEL_HOME is {s}/diffeel-home; file:// URLs stand in for a server)
+    usage_case("models-fetch-no-name", ["models", "fetch"], "required: NAME"),
+    case("models-fetch-no-public-weights", ["models", "fetch", "rpl_wrn38", "--quiet"], "rpl_wrn38 has no public weights to fetch"),
+    case("models-fetch-unreachable", [*FETCH, "file://{s}/missing.pth"],
+         "file://{s}/missing.pth could not be reached ([Errno 2] No such file or directory: '{s}/missing.pth'); on an "
+         "offline machine, download https://github.com/sacmehta/ESPNet/raw/"),
+    case("models-fetch-wrong-checksum", [*FETCH, "file://{s}/espnet.pth"], "has SHA-256 "
+         "2e7b7976ffe1c85c9e63c6540ca3d753c17974f1a98e2c41ec42434de0d4e7be, not the expected "
+         "343b0e77e8545d36113c4f3efbf1ee349256f25c97c9f9d5ddefe45f2f49763e", write("espnet.pth", b"not the weights\n"),
+         mkdir(HOME + "/weights")),
+    case("models-fetch-not-a-url", [*FETCH, "{s}/espnet.pth"], "give an http, https or file URL", write("espnet.pth", b"not the weights\n")),
 ]
 
 
@@ -370,7 +384,7 @@ def run_case(case: Case, shared: dict, sandbox: Path) -> Outcome:
     places = {"s": sandbox, **shared}
     args = [arg.format(**places) for arg in case.args]
     process = subprocess.run([sys.executable, "-m", "diffeel.cli", *args], capture_output=True, text=True, timeout=120,
-                             cwd=sandbox, env=ENVIRONMENT)
+                             cwd=sandbox, env={**ENVIRONMENT, "DIFFEEL_HOME": str(sandbox / HOME)})
     return Outcome("diffeel " + " ".join(args), case.fragment.format(**places), process.returncode, process.stderr,
                    before, snapshot(sandbox))
 

@@ -40,7 +40,8 @@ def _raise_terminated(signum, frame):
 
 
 def _command_name(args: argparse.Namespace) -> str:
-    sub = getattr(args, "world_command", None) or getattr(args, "weather_command", None) or getattr(args, "synth_command", None)
+    sub = (getattr(args, "world_command", None) or getattr(args, "weather_command", None) or getattr(args, "synth_command", None)
+           or getattr(args, "models_command", None))
     return f"{args.command} {sub}" if sub else args.command
 
 

@@ -29,7 +29,8 @@ def add_parser(commands) -> None:
     score.add_argument("logits", nargs="*", help="logits files (.npy, .npz, .pt) or folders of them; (C,H,W) or (B,C,H,W)")
     score.add_argument("--model", help="model to run: " + ", ".join(list_models()) + ", or package.module:factory "
                        "(or path/to/file.py:factory) returning an nn.Module that gives (N, 19, H, W) logits")
-    score.add_argument("--checkpoint", help="model weights (e.g. RPL's res.pth, NVIDIA's cityscapes_best.pth); loaded strictly")
+    score.add_argument("--checkpoint", help="model weights (e.g. RPL's res.pth, NVIDIA's cityscapes_best.pth); loaded strictly "
+                       "(default for a model with public weights: its file fetched by diffeel models fetch NAME)")
     score.add_argument("--model-option", action="append", type=setting, metavar="NAME=VALUE",
                        help="keyword argument for the model's constructor or factory (repeatable), e.g. width_divisor=16")
     score.add_argument("--allow-pickle", action="store_true", help="allow a legacy checkpoint that needs full unpickling (can run code)")
@@ -86,6 +87,7 @@ def _score_model(args: argparse.Namespace) -> None:
     """``diffeel score --model``: run a model over a benchmark (this process's share under torchrun)."""
     from ..distributed import process_group
     from ..models import create_model
+    from ..models.hub import published_checkpoint
     from ..report.output import check_output_dir
     from ..scoring import ScoreSettings, score_frames
 
@@ -97,12 +99,13 @@ def _score_model(args: argparse.Namespace) -> None:
                              smooth=args.smooth, size=args.size[::-1] if args.size else None, batch=args.batch,
                              dtype=args.dtype or "float16", inference=args.inference, precision=args.precision,
                              mask_logits=args.mask_logits, protocol=args.protocol, flip=args.flip)
+    checkpoint = args.checkpoint or published_checkpoint(args.model)
     check_output_dir(args.out, allowed=None)
     frames = benchmark_frames(args)
     with process_group(args.device) as context:
         device = context.device(args.device)
-        model = create_model(args.model, checkpoint=args.checkpoint, allow_pickle=args.allow_pickle, **dict(args.model_option or []))
-        provenance = {"model": args.model, "model_options": dict(args.model_option or []), "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
+        model = create_model(args.model, checkpoint=checkpoint, allow_pickle=args.allow_pickle, **dict(args.model_option or []))
+        provenance = {"model": args.model, "model_options": dict(args.model_option or []), "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
                       "benchmark": args.benchmark, "root": str(Path(args.root).resolve())}
         counts = score_frames(model, frames, args.out, settings, provenance=provenance, device=device, context=context,
                               overwrite=args.overwrite, progress=not args.quiet)

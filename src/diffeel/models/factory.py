@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import DiffeelError
 from .checkpoints import load_state
+from .hub import published_checkpoint
 from .loading import INPUT_NORMALIZATIONS, load_strict, without_common_prefix
 from .registry import list_models, model_entry
 
@@ -91,16 +92,21 @@ def _user_model(spec: str, checkpoint, allow_pickle: bool, options: dict) -> nn.
     return model
 
 
-def create_model(name: str, checkpoint=None, *, allow_pickle: bool = False, **options) -> nn.Module:
+def create_model(name: str, checkpoint=None, *, allow_pickle: bool = False, published_weights: bool = True,
+                 **options) -> nn.Module:
     """Build model ``name`` (registered, or ``module:factory``) and load ``checkpoint`` strictly.
 
-    ``options`` go to the model's constructor (``width_divisor=16`` builds a tiny ``rpl_wrn38``).
-    ``allow_pickle=True`` opts in to legacy checkpoints that need full unpickling (it can run code).
-    The model is returned in eval mode.
+    Without a checkpoint, a model with public weights (:mod:`.hub`) loads them from the cache,
+    or fails with one sentence naming ``diffeel models fetch``; ``published_weights=False`` builds
+    it with its initial weights instead. ``options`` go to the model's constructor
+    (``width_divisor=16`` builds a tiny ``rpl_wrn38``). ``allow_pickle=True`` opts in to legacy
+    checkpoints that need full unpickling (it can run code). The model is returned in eval mode.
     """
     entry = model_entry(name)
     if entry is None:
         return _user_model(name, checkpoint, allow_pickle, options).eval()
+    if checkpoint is None and published_weights:
+        checkpoint = published_checkpoint(name)
     try:
         model = entry.build(**options)
     except TypeError as error:
