@@ -29,9 +29,10 @@ LAYERS = (
 )
 LAYER_OF = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 
-# Inside diffeel.models: the registry, the loading helpers and the weight cache sit below every model.
+# Inside diffeel.models: the registry, the loading helpers, the weight cache, the two-output convention and the
+# residual adapter (which wraps any model) sit below every model.
 MODEL_FOUNDATION = ("diffeel.models.registry", "diffeel.models.loading", "diffeel.models.factory", "diffeel.models.checkpoints",
-                    "diffeel.models.hub")
+                    "diffeel.models.hub", "diffeel.models.outputs", "diffeel.models.adapter")
 
 
 def module_files(root: Path, package: str) -> dict[str, Path]:

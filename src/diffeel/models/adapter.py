@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DiffeelError
-from .rpl import RPLOutput, RPLScoring
+from .outputs import RPLOutput, RPLScoring
 
 PROBE_SIZE = (64, 128)  # the input the attachment point's channels are read from
 

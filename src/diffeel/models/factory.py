@@ -87,8 +87,28 @@ def _user_model(spec: str, checkpoint, allow_pickle: bool, options: dict) -> nn.
     if normalization not in INPUT_NORMALIZATIONS:
         raise DiffeelError(f"{spec} sets input_normalization = {normalization!r}; use one of {', '.join(INPUT_NORMALIZATIONS)}")
     if checkpoint is not None and not takes_checkpoint:
-        state = _unwrap(load_state(checkpoint, allow_pickle=allow_pickle), checkpoint)
-        load_strict(model, without_common_prefix(state, "module."), checkpoint, spec)
+        raw = load_state(checkpoint, allow_pickle=allow_pickle)
+        state = without_common_prefix(_unwrap(raw, checkpoint), "module.")
+        if _is_adapter_state(state):
+            return _adapted(model, raw, state, checkpoint, spec)
+        load_strict(model, state, checkpoint, spec)
+    return model
+
+
+def _is_adapter_state(state: dict) -> bool:
+    """Whether ``state`` is a trained residual adapter's (``host.*`` and ``residual_adapter.*``)."""
+    return any(key.startswith("residual_adapter.") for key in state)
+
+
+def _adapted(host: nn.Module, raw, state: dict, checkpoint, name: str) -> nn.Module:
+    """The adapter a training run saved around ``host``, at the attachment point it trained
+    (the run's ``adapter_point``, else the host's own), loaded strictly."""
+    from .adapter import ResidualAdapter
+
+    config = raw.get("config") if isinstance(raw, dict) else None
+    point = (config or {}).get("adapter_point")
+    model = ResidualAdapter(host, point)
+    load_strict(model, state, checkpoint, f"{name} with its residual adapter at {model.point!r}")
     return model
 
 
@@ -112,7 +132,10 @@ def create_model(name: str, checkpoint=None, *, allow_pickle: bool = False, publ
     except TypeError as error:
         raise DiffeelError(f"model {name} does not take these options ({error})") from None
     if checkpoint is not None:
-        state = _unwrap(load_state(checkpoint, allow_pickle=allow_pickle), checkpoint)
+        raw = load_state(checkpoint, allow_pickle=allow_pickle)
+        state = _unwrap(raw, checkpoint)
+        if _is_adapter_state(state):
+            return _adapted(model, raw, state, checkpoint, name).eval()
         if entry.convert is not None:
             state = entry.convert(state, model)
         load_strict(model, state, checkpoint, name)

@@ -10,11 +10,12 @@ eval mode (BatchNorm statistics untouched) whatever ``train()`` is called with.
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .outputs import RPLOutput, RPLScoring  # noqa: F401  (RPLOutput: the public name stays here too)
 
 
 class ResidualBlock(nn.Module):
@@ -29,13 +30,6 @@ class ResidualBlock(nn.Module):
     def forward(self, deep: torch.Tensor, size) -> torch.Tensor:
         context = self.bot_atten_aspp(self.atten_aspp(deep))
         return self.atten_aspp_final(F.interpolate(context, size=size, mode="bilinear", align_corners=True))
-
-
-class RPLOutput(NamedTuple):
-    """RPL's two outputs at input size: ``out = model(x); out[0], out[1]`` reads as in RPL's code."""
-
-    host_logits: torch.Tensor  # RPL's out1: the frozen closed-set model
-    rpl_logits: torch.Tensor  # RPL's out2: with the residual; anomaly scores come from these
 
 
 def rpl_forward(host: nn.Module, residual_block: ResidualBlock, images: torch.Tensor, outputs=("host", "rpl")) -> RPLOutput:
@@ -55,16 +49,6 @@ def rpl_forward(host: nn.Module, residual_block: ResidualBlock, images: torch.Te
         return None if logits is None else F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
 
     return RPLOutput(upsample(out1), upsample(out2))
-
-
-class RPLScoring:
-    """What RPL's models score with: ``out2``, or ``out1`` while the residual module is untrained
-    (a closed-set checkpoint), computed alone."""
-
-    def scoring_logits(self, images: torch.Tensor) -> torch.Tensor:
-        wanted = "rpl" if getattr(self, "residual_trained", True) else "host"
-        output = self(images, outputs=(wanted,))
-        return output.rpl_logits if wanted == "rpl" else output.host_logits
 
 
 class RPLModel(RPLScoring, nn.Module):
