@@ -55,7 +55,7 @@ def add_parser(commands) -> None:
         "preview",
         help="a contact sheet: prompt → generated image → mask → pasted result",
         description="One row per object of the bank (accepted and rejected, with the reason); the pasted column needs "
-        "frames (--cityscapes, --world or --images with --labels).",
+        "frames (--cityscapes, --camvid, --world or --images with --labels).",
     )
     _add_paste_arguments(preview)
     preview.add_argument("--rows", type=count(1), default=6, help="objects shown (default 6)")
@@ -66,6 +66,7 @@ def add_parser(commands) -> None:
 def _add_paste_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bank", required=True, help="object bank folder (objects*.jsonl or objects.csv, and the cut-outs)")
     parser.add_argument("--cityscapes", help="Cityscapes root: paste into its train split")
+    parser.add_argument("--camvid", help="CamVid root in SegNet's layout: paste into its train split (labels as Cityscapes train ids)")
     parser.add_argument("--world", help="a world folder: paste into its training split")
     parser.add_argument("--images", help="image folder to paste into (with --labels)")
     parser.add_argument("--labels", help="train-id label maps for --images, same names (placement needs the road)")
@@ -119,7 +120,8 @@ def _paste_synthesizer(args: argparse.Namespace, bank=None):
 def run_paste(args: argparse.Namespace) -> None:
     from ..synth.pairs import labelled_frames, write_pairs
 
-    frames = labelled_frames(cityscapes=args.cityscapes, world=args.world, images=args.images, labels=args.labels)
+    frames = labelled_frames(cityscapes=args.cityscapes, camvid=args.camvid, world=args.world, images=args.images,
+                             labels=args.labels)
     settings = {"bank": str(Path(args.bank).resolve()), "k": list(args.k), "harmonize": not args.no_harmonize,
                 "dovenet": args.harmonizer_weights and str(Path(args.harmonizer_weights).resolve()), "poisson": args.poisson}
     counts = write_pairs(frames, _paste_synthesizer(args), args.out, seed=args.seed, limit=args.n, settings=settings,
@@ -136,8 +138,9 @@ def run_preview(args: argparse.Namespace) -> None:
 
     check_output_file(args.out)
     frames = None
-    if args.cityscapes or args.world or args.images:
-        frames = labelled_frames(cityscapes=args.cityscapes, world=args.world, images=args.images, labels=args.labels)
+    if args.cityscapes or args.camvid or args.world or args.images:
+        frames = labelled_frames(cityscapes=args.cityscapes, camvid=args.camvid, world=args.world, images=args.images,
+                                 labels=args.labels)
     sheet = contact_sheet(args.bank, frames, lambda bank: _paste_synthesizer(args, bank), rows=args.rows, seed=args.seed)
     write_image_atomic(args.out, sheet)
     print(f"contact sheet of {args.bank}: {args.out} ({sheet.shape[1]}x{sheet.shape[0]})")

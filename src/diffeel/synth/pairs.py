@@ -2,7 +2,8 @@
 and train-id labels with ``ANOMALY_TRAIN_ID`` where objects were pasted (Eq. 1).
 
 Frames come with Cityscapes train ids (placement needs to know where the road is): Cityscapes'
-``train`` split, a world's training split, or an image folder with a label folder of train ids.
+``train`` split, CamVid's (mapped to train ids), a world's training split, or an image folder with
+a label folder of train ids.
 Frame ``i`` is synthesized with a generator seeded by ``(seed, i)``, so a rerun writes the same
 pairs and an interrupted run resumes where it stopped (each file is written atomically).
 """
@@ -37,10 +38,16 @@ def _checked(rgb: np.ndarray, train_ids: np.ndarray, where) -> tuple[np.ndarray,
     return rgb, train_ids.astype(np.uint8)
 
 
-def labelled_frames(*, cityscapes=None, world=None, images=None, labels=None, split: str = "train") -> list[LabelledFrame]:
+def labelled_frames(*, cityscapes=None, world=None, images=None, labels=None, split: str = "train",
+                    camvid=None) -> list[LabelledFrame]:
     """Frames with train ids from exactly one source."""
-    if sum(x is not None for x in (cityscapes, world, images)) != 1:
-        raise DiffeelError("give the frames to paste into: --cityscapes, --world, or --images with --labels (train ids), one of them")
+    if sum(x is not None for x in (cityscapes, camvid, world, images)) != 1:
+        raise DiffeelError("give the frames to paste into: --cityscapes, --camvid, --world, or --images with --labels "
+                           "(train ids), one of them")
+    if camvid is not None:
+        from ..data.camvid import list_camvid, read_camvid_frame
+
+        return [LabelledFrame(f.id, lambda f=f: read_camvid_frame(f)) for f in list_camvid(camvid, split)]
     if cityscapes is not None:
         from ..data.cityscapes import list_cityscapes, read_cityscapes_frame
 

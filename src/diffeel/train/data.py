@@ -1,4 +1,4 @@
-"""Training samples: augmentation of one frame, and Cityscapes in epochs split between processes.
+"""Training samples: augmentation of one frame, and Cityscapes (or CamVid) in epochs split between processes.
 
 Every random choice made for a sample comes from a generator seeded by what the sample *is*
 (``seed``, epoch, image index), never by which process draws it or when: a run on N processes
@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
+from ..data.camvid import list_camvid, read_camvid_frame
 from ..data.cityscapes import list_cityscapes, read_cityscapes_frame
 from ..errors import DiffeelError
 from ..models.mask2anomaly_inference import official_resize_shape
@@ -193,9 +194,12 @@ class CityscapesTraining(Dataset):
     """Cityscapes' ``train`` split as augmented samples; item ``(epoch, index)`` → (image uint8
     ``(3, H, W)``, train ids ``(H, W)`` int64 with ``ANOMALY_TRAIN_ID`` where objects were pasted)."""
 
+    list_frames = staticmethod(list_cityscapes)
+    read_frame = staticmethod(read_cityscapes_frame)
+
     def __init__(self, root, seed: int, *, split: str = "train", crop=None, synthesizer=None, paste_probability: float = 1.0,
                  paste_before_crop: bool = False, crop_around_anomaly: bool = False, resize=None, photometric: str = "none"):
-        self.frames = list_cityscapes(root, split)
+        self.frames = self.list_frames(root, split)
         self.seed = seed
         self.options = {"crop": crop, "synthesizer": synthesizer, "paste_probability": paste_probability,
                         "paste_before_crop": paste_before_crop, "crop_around_anomaly": crop_around_anomaly,
@@ -206,12 +210,23 @@ class CityscapesTraining(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = item
-        image, label = read_cityscapes_frame(self.frames[index])
+        image, label = self.read_frame(self.frames[index])
         options = dict(self.options)
         if hasattr(options["synthesizer"], "for_epoch"):  # its objects may change with the epoch (RPL's COCO proxy set)
             options["synthesizer"] = options["synthesizer"].for_epoch(epoch)
         image, label = augment_frame(image, label, np.random.default_rng([self.seed, epoch, index]), **options)
         return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label.astype(np.int64))
+
+
+class CamVidTraining(CityscapesTraining):
+    """CamVid's ``train`` split (SegNet's layout) as augmented samples, labels in Cityscapes train
+    ids: the items and options of :class:`CityscapesTraining`."""
+
+    list_frames = staticmethod(list_camvid)
+    read_frame = staticmethod(read_camvid_frame)
+
+
+INLIER_DATASETS = {"cityscapes": CityscapesTraining, "camvid": CamVidTraining}
 
 
 class EpochBatches:

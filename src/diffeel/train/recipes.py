@@ -31,7 +31,7 @@ from ..errors import DiffeelError
 from ..labels import NUM_CLASSES, VOID
 from ..models import RPLModel, SmallDeepLab, load_state
 from ..distributed import Distributed
-from .data import CityscapesTraining, EpochBatches, augment_frame
+from .data import INLIER_DATASETS, EpochBatches, augment_frame
 from .loop import TrainConfig, step_generator, train
 
 RPL_ITERATIONS_PER_EPOCH = 371  # RPL's code: 2975 Cityscapes frames / batch 8
@@ -484,14 +484,30 @@ class StepBatches:
         return images.contiguous(memory_format=torch.channels_last), labels.to(self.device, non_blocking=True)
 
 
+def crop_padding_note(config: TrainConfig, frames) -> str | None:
+    """What a crop larger than the frames (those that know their size, e.g. CamVid's 480×360) does
+    when no resize comes first: each crop is the frame padded (image black, labels void); else None."""
+    sizes = {(frame.height, frame.width) for frame in frames if hasattr(frame, "height")}
+    if not config.crop or config.resize_short_side or not sizes:
+        return None
+    height, width = min(h for h, _ in sizes), min(w for _, w in sizes)
+    if config.crop[0] <= height and config.crop[1] <= width:
+        return None
+    share = 1 - min(height, config.crop[0]) * min(width, config.crop[1]) / (config.crop[0] * config.crop[1])
+    return (f"the {config.crop[0]}x{config.crop[1]} crop (height x width) is larger than the {height}x{width} frames, so every "
+            f"crop is padded (image black, labels void; {share:.0%} of it padding); --set crop=[{min(height, config.crop[0])},"
+            f"{min(width, config.crop[1])}] crops within the frame")
+
+
 def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *, coco=None, objects=None, harmonizer=None,
                         device: torch.device, context: Distributed = Distributed(), workers: int = 0, validate=None,
-                        progress: bool = True, stop_after: int | None = None) -> dict:
+                        progress: bool = True, stop_after: int | None = None, inliers: str = "cityscapes") -> dict:
     """Train the residual module of ``make_model()`` (an RPL host: ``rpl_wrn38``, …; built after the
     data is found, so a wrong path fails before a large checkpoint loads) on Cityscapes' train split
     with outliers from COCO or an object bank, as ``config`` says, on this process's share of each
     global batch. Placement pastes on the full frame (the camera's view) before cropping; RPL's
-    mixing pastes into the crop, as RPL does."""
+    mixing pastes into the crop, as RPL does. ``inliers="camvid"``: ``cityscapes`` is a CamVid
+    root instead (SegNet's layout, labels mapped to Cityscapes train ids)."""
     from ..models import input_normalization, is_mask_model
 
     if config.loss == "closed":
@@ -500,11 +516,14 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
     config = _blender_as_run(config, harmonizer, context)
     loss = loss_for(config)
     # placement needs the camera's whole view, and Mask2Anomaly pastes before augmenting: both paste first
-    dataset = CityscapesTraining(cityscapes, config.seed, crop=config.crop, paste_probability=config.paste_probability,
-                                 paste_before_crop=config.synthesizer == "placement" or config.loss in MASK_LOSSES,
-                                 crop_around_anomaly=config.crop_around_anomaly,
-                                 resize=(config.resize_short_side, config.resize_max_size) if config.resize_short_side else None,
-                                 photometric=config.photometric)
+    dataset = INLIER_DATASETS[inliers](cityscapes, config.seed, crop=config.crop, paste_probability=config.paste_probability,
+                                       paste_before_crop=config.synthesizer == "placement" or config.loss in MASK_LOSSES,
+                                       crop_around_anomaly=config.crop_around_anomaly,
+                                       resize=(config.resize_short_side, config.resize_max_size) if config.resize_short_side else None,
+                                       photometric=config.photometric)
+    note = crop_padding_note(config, dataset.frames)
+    if note and context.is_main:
+        print(f"diffeel train: note: {note}.", file=sys.stderr)
     source = None if config.synthesizer == "none" else outlier_source(config, coco=coco, objects=objects, inlier_frames=len(dataset))
     dataset.options["synthesizer"] = build_synthesizer(config, source=source, harmonizer_weights=harmonizer)
     torch.manual_seed(config.seed)  # the residual module's Kaiming start is seeded
