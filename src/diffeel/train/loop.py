@@ -78,6 +78,7 @@ class TrainConfig:
     photometric: str = "jitter"  # "jitter" (colour, blur, noise: the small demo model needs it), "ssd" (detectron2's SSD colour), "none"
     decay_norm_and_embedding: bool = True  # False: weight decay 0 for norm and embedding parameters (Mask2Former's optimizer)
     validate_every: int = 0  # steps between validations (0: only at the end, when a validation set is given)
+    adapter_point: str | None = None  # hosts without RPL's module: the adapter's attachment module (None: the host's own)
 
     def __post_init__(self):
         if isinstance(self.photometric, bool):  # configs written when this was a switch

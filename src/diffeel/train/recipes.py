@@ -29,7 +29,8 @@ from .. import losses
 from ..data.images import read_image, read_label
 from ..errors import DiffeelError
 from ..labels import NUM_CLASSES, VOID
-from ..models import RPLModel, SmallDeepLab, load_state
+from ..models import RPLModel, SmallDeepLab, is_mask_model, load_state
+from ..models.adapter import ResidualAdapter
 from ..distributed import Distributed
 from .data import INLIER_DATASETS, EpochBatches, augment_frame
 from .loop import TrainConfig, step_generator, train
@@ -40,6 +41,10 @@ _BLENDER_SOURCES = {
     "placement": "paper IV-A: the blender searches the image for an optimal placement (candidates scored by road support "
                  "and appearance distance; heights follow the perspective)",
     "harmonizer": "paper IV-A: size and illumination adjusted, then DoveNet [55] (needs --harmonizer WEIGHTS)",
+}
+_ADAPTER_SOURCE = {
+    "adapter_point": "diffeel: a host without RPL's module (e.g. espnetv2_cityscapes) trains a residual adapter at this "
+                     "module; null = the host's own adapter_point",
 }
 # Mask2Former's Cityscapes base config (Base-Cityscapes-SemanticSegmentation.yaml), which Mask2Anomaly's configs extend
 MASK2FORMER_SHORT_SIDES = [int(x * 0.1 * 1024) for x in range(5, 21)]  # INPUT.MIN_SIZE_TRAIN, "choice" sampling
@@ -65,7 +70,7 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
          "head_lr_multiplier": "RPL code: atten_aspp_final at 10× lr", "optimizer": "RPL code: Adam, no weight decay",
          "clip": "RPL code: no clipping", "crop": "RPL code: 700×700 crops", "synthesizer": "RPL code: COCO outliers (a new proxy set of 2,975 filtered images every epoch), random scale and position",
          "photometric": "RPL code: flip and crop only",
-         "anomaly_weight": "RPL code: 0.05 · energy hinge"},
+         "anomaly_weight": "RPL code: 0.05 · energy hinge", **_ADAPTER_SOURCE},
     ),
     "rpl+eel": (
         TrainConfig("rpl+eel", steps=30 * RPL_ITERATIONS_PER_EPOCH, loss="rpl+eel", batch_size=8, optimizer="adam", lr=5e-5,
@@ -79,7 +84,7 @@ PRESETS: dict[str, tuple[TrainConfig, dict[str, str]]] = {
          "optimizer": "inherited from RPL", "head_lr_multiplier": "inherited from RPL", "batch_size": "inherited from RPL",
          "crop": "inherited from RPL", "clip": "inherited from RPL", "photometric": "inherited from RPL",
          "crop_around_anomaly": "RPL's crops always hold the pasted object (it pastes into the crop); placement needs the "
-                                "whole view, so the crop is chosen around a placed object"},
+                                "whole view, so the crop is chosen around a placed object", **_ADAPTER_SOURCE},
     ),
     "m2a-inlier": (
         TrainConfig("m2a-inlier", steps=90000, loss="m2a-inlier", batch_size=16, optimizer="adamw", lr=1e-4, weight_decay=0.05,
@@ -253,11 +258,25 @@ def residual_model(host: torch.nn.Module, seed: int, head_lr_multiplier: float =
 
 
 def residual_parameter_groups(model: torch.nn.Module, head_lr_multiplier: float) -> list[dict]:
-    """The residual module's parameters, ``atten_aspp_final`` in its own group at ``head_lr_multiplier``×
-    (RPL trains it from scratch); nothing of the host."""
+    """What trains, nothing of the host. RPL's module: ``atten_aspp_final`` in its own group at
+    ``head_lr_multiplier``× (RPL trains it from scratch; the rest starts as the host's ASPP). An
+    adapter: all of it at ``head_lr_multiplier``×, as all of it starts from scratch."""
+    if isinstance(model, ResidualAdapter):
+        return [{"params": list(model.residual_adapter.parameters()), "lr_multiplier": head_lr_multiplier}]
     head = list(model.residual_block.atten_aspp_final.parameters())
     rest = [p for name, p in model.residual_block.named_parameters() if not name.startswith("atten_aspp_final")]
     return [{"params": rest}, {"params": head, "lr_multiplier": head_lr_multiplier}]
+
+
+def with_residual(model: torch.nn.Module, adapter_point: str | None) -> torch.nn.Module:
+    """``model`` if it carries RPL's residual module (``rpl_wrn38``, ``small_rpl``) or an adapter;
+    otherwise a :class:`ResidualAdapter` around it at ``adapter_point`` (None: the host's own point)."""
+    if hasattr(model, "residual_block") or isinstance(model, ResidualAdapter):
+        return model
+    if is_mask_model(model):
+        raise DiffeelError("the rpl and rpl+eel recipes train a residual on a per-pixel segmenter; a mask model trains "
+                           "with m2a or m2a+eel")
+    return ResidualAdapter(model, adapter_point)
 
 
 def mask2anomaly_stage_one(backbone, *, allow_pickle: bool = False, **options) -> torch.nn.Module:
@@ -508,7 +527,7 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
     global batch. Placement pastes on the full frame (the camera's view) before cropping; RPL's
     mixing pastes into the crop, as RPL does. ``inliers="camvid"``: ``cityscapes`` is a CamVid
     root instead (SegNet's layout, labels mapped to Cityscapes train ids)."""
-    from ..models import input_normalization, is_mask_model
+    from ..models import input_normalization
 
     if config.loss == "closed":
         raise DiffeelError(f"the {config.recipe} recipe trains a closed-set host, which diffeel trains on worlds only; "
@@ -533,8 +552,7 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
             raise DiffeelError(f"the {config.recipe} recipe trains a mask model; use --host mask2anomaly_r50")
         groups = mask_parameter_groups(model, config.decay_norm_and_embedding)
     else:
-        if not hasattr(model, "residual_block"):
-            raise DiffeelError("the host has no RPL residual module to train; use rpl_wrn38 (or small_rpl)")
+        model = with_residual(model, config.adapter_point)
         groups = residual_parameter_groups(model, config.head_lr_multiplier)
         # a closed-set start (NVIDIA's file) scores out1; this run trains the residual module, so
         # validation scores out2, what is being trained
