@@ -107,10 +107,12 @@ def _train_recipes(config: DemoConfig, cache: Path, seed: int, progress: bool) -
 
 
 @torch.no_grad()
-def _logits(model, images: torch.Tensor) -> torch.Tensor:
+def _logits(model, rgb: torch.Tensor) -> torch.Tensor:
+    """The logits scores come from, for ``(N, 3, H, W)`` RGB in 0..255 given in the model's own input convention."""
+    from ..models import input_normalization, normalise, scoring_logits
+
     model.eval()
-    output = model(images)
-    return output[1] if isinstance(output, tuple) else output
+    return scoring_logits(model, normalise(rgb, input_normalization(model)))
 
 
 def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: int = 16) -> tuple[dict, dict, dict]:
@@ -133,7 +135,7 @@ def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: i
     example = {"id": shown.id, "image": shown.load_image(), "label": shown.load_label(), "maps": {}}
     for start in range(0, len(frames), batch):
         chunk = frames[start : start + batch]
-        images = torch.from_numpy(np.stack([f.load_image() for f in chunk])).permute(0, 3, 1, 2).float().div_(255).to(device)
+        images = torch.from_numpy(np.stack([f.load_image() for f in chunk])).permute(0, 3, 1, 2).float().to(device)
         labels = np.stack([f.load_label() for f in chunk])
         weathers = np.array([f.metadata["weather"] for f in chunk])
         for recipe, model in models.items():
@@ -168,6 +170,29 @@ def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: i
     accumulators = {method: {"whole": grouped(by_weather, WEATHERS), "clear": by_weather["clear"],
                              "adverse": grouped(by_weather, ADVERSE_WEATHERS)} for method, by_weather in tables.items()}
     return results, accumulators, example
+
+
+def evaluate_benchmark(models: dict, name: str, root, device: str = "cpu") -> dict:
+    """``{method: {group: metrics}}`` of every (model, score) on a benchmark diffeel loads: ``whole``
+    and, where its frames carry a weather, ``clear``, ``adverse`` and each weather."""
+    from ..data.benchmarks import load_benchmark
+
+    frames = load_benchmark(name, root)
+    groups = {frame.id: [frame.metadata["weather"]] if frame.metadata.get("weather") in WEATHERS else [] for frame in frames}
+    metrics = {f"{model}/{score}": {} for model in models for score in SCORES}
+    for frame in frames:
+        rgb = torch.from_numpy(np.array(frame.load_image())).permute(2, 0, 1)[None].float().to(device)
+        label = frame.load_label()
+        weather = groups[frame.id]
+        wanted = ["whole", *weather, *(["adverse"] if weather and weather[0] in ADVERSE_WEATHERS else [])]
+        for model_name, model in models.items():
+            logits = _logits(model, rgb)
+            if logits.shape[-2:] != label.shape:
+                logits = torch.nn.functional.interpolate(logits, size=label.shape, mode="bilinear", align_corners=False)
+            for score, values in all_scores(logits.cpu()).items():
+                for group in wanted:
+                    metrics[f"{model_name}/{score}"].setdefault(group, PixelMetrics(name=group)).update(values[0].numpy(), label)
+    return {method: {group: accumulator.compute() for group, accumulator in by_group.items()} for method, by_group in metrics.items()}
 
 
 def _energy_gaps(accumulators: list[dict]) -> dict:

@@ -61,7 +61,7 @@ class FramePlan:
 
 
 def frame_seed(world_seed: int, split: str, index: int) -> int:
-    return int(np.random.SeedSequence([world_seed, {"test": 1, "train": 2, "objects": 3}[split], index]).generate_state(1)[0])
+    return int(np.random.SeedSequence([world_seed, {"test": 1, "train": 2, "objects": 3, "objects-animals": 4}[split], index]).generate_state(1)[0])
 
 
 def comsamy_clear_frames(per_weather: int) -> int:
@@ -169,10 +169,19 @@ def _manifest(plans: list[FramePlan], fields: list[str]) -> str:
 
 def write_objects(root: Path, world_seed: int) -> int:
     """RGBA cut-outs of the training anomaly family for copy-paste synthesis."""
-    folder = root / "train" / "objects"
+    return write_object_bank(root / "train" / "objects", world_seed, "debris")
+
+
+def write_object_bank(folder: Path, world_seed: int, family: str = "debris") -> int:
+    """An object bank (RGBA cut-outs and ``objects.csv``) of one anomaly family of the world:
+    ``debris`` (the training family) or ``animals`` (the unseen one). Returns the object count."""
+    kinds = {"debris": DEBRIS, "animals": ANIMALS}
+    if family not in kinds:
+        raise DiffeelError(f"unknown anomaly family {family!r}; choose debris or animals")
+    stream_name = "objects" if family == "debris" else f"objects-{family}"  # the debris bank stays as worlds made it
     rows = []
-    for k, name in enumerate(name for name in DEBRIS for _ in range(OBJECTS_PER_KIND)):
-        rng = np.random.default_rng(frame_seed(world_seed, "objects", k))
+    for k, name in enumerate(name for name in kinds[family] for _ in range(OBJECTS_PER_KIND)):
+        rng = np.random.default_rng(frame_seed(world_seed, stream_name, k))
         kind = shapes.ANOMALY_KINDS[name]
         width = max(3, int(round(OBJECT_HEIGHT_PX * kind.aspect * rng.uniform(0.85, 1.15))))
         sprite = shapes.anomaly_sprite(name, width, OBJECT_HEIGHT_PX, rng)
