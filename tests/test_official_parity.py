@@ -166,7 +166,50 @@ def test_espnet_matches_the_official_test_script(tmp_path, image):
     assert_close(actual["output_mean"], expected["output_mean"][:19])
 
 
-@pytest.mark.parametrize("name, fixture_name", [("espnet_cityscapes", "espnet")])
+def test_espnetv2_matches_the_official_network(tmp_path):
+    """ESPNetv2 s = 2.0, Cityscapes (espnetv2_seg with dataset "city"): all 20 channels at the input size."""
+    record = fixture("espnetv2")
+    assert record["classes"] == 20
+    torch.save(name_state(record["keys"]), tmp_path / "espnetv2_s_2.0_city_1024x512.pth")
+    model = create_model("espnetv2_cityscapes", checkpoint=tmp_path / "espnetv2_s_2.0_city_1024x512.pth")
+    with torch.no_grad():
+        output = model.network(probe(record["input_shape"], seed=record["input_seed"]))
+    assert_close(output, record["output"])
+
+
+@pytest.mark.parametrize("image", ["exact", "small", "cityscapes"])
+def test_espnetv2_matches_the_official_test_script(tmp_path, image):
+    """The official test_segmentation.py's evaluate (PIL RGB, Image.BILINEAR to 1024×512, ImageNet
+    mean / std) against diffeel's preprocessing of the same RGB image, at 1024×512 (not resized),
+    up- (100×60) and down-sampled (2048×1024): PIL's integer resize reproduced, the logits are the
+    script's first 19 channels ("background" dropped)."""
+    record = fixture("espnetv2")
+    torch.save(name_state(record["keys"]), tmp_path / "espnetv2_s_2.0_city_1024x512.pth")
+    model = create_model("espnetv2_cityscapes", checkpoint=tmp_path / "espnetv2_s_2.0_city_1024x512.pth")
+    expected, actual = record["script"]["images"][image], script_outputs(model, record["script"], image)
+    assert actual["shape"] == (1, 19, 512, 1024)
+    assert_close(actual["input"], expected["input"])
+    assert_close(actual["input_mean"], expected["input_mean"])
+    assert_close(actual["output"], expected["output"][:19])
+    assert_close(actual["output_mean"], expected["output_mean"][:19])
+
+
+def test_pil_bilinear_resize_matches_pillow():
+    """pil_bilinear_resize against the installed Pillow on seeded uint8 images, up, down, one axis
+    only and not at all; all of them take the horizontal pass first in every Pillow version."""
+    import numpy as np
+    from PIL import Image
+
+    from diffeel.models.espnetv2 import pil_bilinear_resize
+
+    for seed, (height, width) in enumerate([(60, 100), (1024, 2048), (720, 1280), (512, 700), (300, 1024), (512, 1024)]):
+        image = seeded_image((height, width, 3), seed)
+        expected = np.asarray(Image.fromarray(image.numpy()).resize((1024, 512), Image.BILINEAR))
+        actual = pil_bilinear_resize(image.permute(2, 0, 1)[None].float(), (512, 1024))[0].permute(1, 2, 0)
+        assert np.array_equal(actual.numpy(), expected), (height, width)
+
+
+@pytest.mark.parametrize("name, fixture_name", [("espnet_cityscapes", "espnet"), ("espnetv2_cityscapes", "espnetv2")])
 def test_official_layouts_load_strictly(tmp_path, name, fixture_name):
     """The official key names load as saved, with a DataParallel ``module.`` prefix, and as diffeel
     saves the model; a renamed key or a wrong shape ends in one sentence naming the key."""

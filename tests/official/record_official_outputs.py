@@ -31,6 +31,12 @@ repository at the pinned commit, then run, from the repository root:
   own ``evaluateModel`` (``cv2.imread``, its mean / std, ``cv2.resize`` to 1024×512, / 255) run on
   PNG files of a small and of a Cityscapes-sized seeded image, the network's input and output
   sampled at fixed pixels (:func:`record_script`).
+- ESPNetv2 (sacmehta/EdgeNets, commit 2b232d3f7fb60658755dad1ebca0ffc895cc795e):
+  ``model/segmentation/espnetv2.py`` ``espnetv2_seg`` with ``s=2.0, dataset="city"`` and the 20
+  classes of ``CITYSCAPE_CLASS_LIST``, on a small input; and ``test_segmentation.py``'s own
+  ``evaluate`` (PIL RGB, ``Image.BILINEAR`` resize to 1024×512, ImageNet mean / std) on PNG files of
+  a 1024×512, a small and a Cityscapes-sized seeded image. Its two torchvision calls, ``to_tensor``
+  and ``normalize``, are stand-ins with torchvision's arithmetic (:func:`stub_torchvision_functional`).
 
 Every network runs in eval mode on the CPU in float32. torchvision and timm are never imported
 (:func:`stub_torchvision`). Each fixture holds
@@ -54,7 +60,7 @@ from official_weights import name_state, name_tensor, probe  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "data" / "official"
 CLASS_BIAS, BOOSTED_CLASS, CLASS_BOOST = "sem_seg_head.predictor.class_embed.bias", 5, 15.0
-SCRIPT_SIZE, SCRIPT_SAMPLES, SAMPLES_SEED = (512, 1024), 2048, 10  # the scripts' network input (H, W); pixels kept
+SCRIPT_SIZE, SCRIPT_SAMPLES, SAMPLES_SEED = (512, 1024), 1024, 10  # the scripts' network input (H, W); pixels kept
 
 
 def load_file(path: Path, name: str):
@@ -226,6 +232,7 @@ def record_script(run_script, network: torch.nn.Module, images: dict) -> dict:
     pixels = torch.randperm(height * width, generator=torch.Generator().manual_seed(SAMPLES_SEED))[:SCRIPT_SAMPLES].sort().values
     record = {"pixels": pixels.to(torch.int32), "images": {}}
     with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "maps").mkdir()  # where the scripts write their class maps
         for name, (shape, seed) in images.items():
             recorder = Recorder(network).eval()
             run_script(recorder, Path(folder) / f"{name}.png", seeded_image(shape, seed))
@@ -260,13 +267,65 @@ def record_espnet(root: Path) -> None:
     def run_script(recorder, path: Path, image_rgb: torch.Tensor) -> None:
         cv2.imwrite(str(path), np.ascontiguousarray(image_rgb.numpy()[:, :, ::-1]))  # the script reads BGR with cv2.imread
         args = argparse.Namespace(overlay=False, colored=False, cityFormat=False, gpu=False, modelType=1,
-                                  savedir=str(path.parent), img_extn="png")
+                                  savedir=str(path.parent / "maps"), img_extn="png")
         with torch.no_grad():
             script.evaluateModel(args, recorder, None, [str(path)])
 
     script_record = record_script(run_script, model, {"small": ((60, 100, 3), 8), "cityscapes": ((1024, 2048, 3), 9)})
     save("espnet", keys=layout, input_shape=[1, 3, 48, 96], input_seed=7, output=output, script=script_record)
     del sys.modules["Model"]
+
+
+def stub_torchvision_functional() -> None:
+    """EdgeNets' test script normalises with torchvision's ``functional.to_tensor`` (an RGB PIL image
+    → ``(3, H, W)`` float, / 255) and ``functional.normalize`` (minus the mean, over the std, per
+    channel); its modules also name ``transforms.Normalize`` and ``transforms.Pad`` when they load.
+    These stand-ins do that arithmetic (torchvision does not import beside the pinned torch)."""
+    import numpy as np
+
+    stub_torchvision()
+    transforms = sys.modules["torchvision"].transforms
+    functional = types.ModuleType("torchvision.transforms.functional")
+    functional.to_tensor = lambda picture: torch.from_numpy(np.array(picture, dtype=np.uint8)).permute(2, 0, 1).contiguous().float().div(255)
+    functional.normalize = lambda tensor, mean, std: ((tensor - torch.as_tensor(mean, dtype=tensor.dtype).view(-1, 1, 1))
+                                                      / torch.as_tensor(std, dtype=tensor.dtype).view(-1, 1, 1))
+    transforms.functional, transforms.Normalize, transforms.Pad = functional, lambda **kwargs: None, None
+    sys.modules.update({"torchvision.transforms": transforms, "torchvision.transforms.functional": functional})
+
+
+def record_edgenets(root: Path) -> None:
+    from PIL import Image
+
+    stub_torchvision_functional()
+    sys.path.insert(0, str(root))
+    try:
+        from data_loader.segmentation.cityscapes import CITYSCAPE_CLASS_LIST
+        from model.segmentation.espnetv2 import espnetv2_seg
+
+        script = load_file(root / "test_segmentation.py", "official_edgenets_test_segmentation")
+    finally:
+        sys.path.remove(str(root))
+    settings = argparse.Namespace(model="espnetv2", s=2.0, dataset="city", classes=len(CITYSCAPE_CLASS_LIST), weights="",
+                                  num_classes=1000, channels=3, im_size=[1024, 512])
+    model = espnetv2_seg(settings).eval()
+    layout = keys_and_shapes(model.state_dict())
+    model.load_state_dict(name_state(layout), strict=True)
+    images = probe((1, 3, 48, 96), seed=11)
+    with torch.no_grad():
+        output = model(images)
+
+    def run_script(recorder, path: Path, image_rgb: torch.Tensor) -> None:
+        Image.fromarray(image_rgb.numpy()).save(path)
+        args = argparse.Namespace(**{**vars(settings), "savedir": str(path.parent / "maps")})
+        with torch.no_grad():
+            script.evaluate(args, recorder, [str(path)], device="cpu")
+
+    script_record = record_script(run_script, model, {"exact": ((512, 1024, 3), 12), "small": ((60, 100, 3), 13),
+                                                      "cityscapes": ((1024, 2048, 3), 14)})
+    save("espnetv2", keys=layout, classes=settings.classes, input_shape=[1, 3, 48, 96], input_seed=11, output=output,
+         script=script_record)
+    for name in [name for name in sys.modules if name.split(".")[0] in ("model", "nn_layers", "utilities", "transforms", "data_loader", "commons")]:
+        del sys.modules[name]
 
 
 def main() -> None:
@@ -276,6 +335,7 @@ def main() -> None:
     parser.add_argument("--dovenet", type=Path, help="bcmi/Image-Harmonization-Dataset-iHarmony4 checkout")
     parser.add_argument("--mask2anomaly", type=Path, help="shyam671/Mask2Anomaly-Unmasking-Anomalies-in-Road-Scene-Segmentation checkout")
     parser.add_argument("--espnet", type=Path, help="sacmehta/ESPNet checkout")
+    parser.add_argument("--edgenets", type=Path, help="sacmehta/EdgeNets checkout")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one thread: the reductions' order, and so the recorded bits, do not depend on the machine
     if args.rpl:
@@ -288,6 +348,8 @@ def main() -> None:
         record_mask2anomaly(args.mask2anomaly)
     if args.espnet:
         record_espnet(args.espnet)
+    if args.edgenets:
+        record_edgenets(args.edgenets)
 
 
 if __name__ == "__main__":

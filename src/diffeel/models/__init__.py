@@ -4,7 +4,7 @@ Importing this package imports every model module, and each registers its factor
 (:mod:`.registry`), so ``create_model`` and ``list_models`` know every name.
 """
 
-from . import dovenet, espnet, mask2anomaly, u2net  # noqa: F401  (they register their models)
+from . import dovenet, espnet, espnetv2, mask2anomaly, u2net  # noqa: F401  (they register their models)
 from .checkpoints import load_state, save_state
 from .deeplab import SmallDeepLab
 from .factory import create_model
