@@ -33,10 +33,12 @@ def add_parser(commands) -> None:
                           help="override a setting, e.g. --set lr=1e-4 --set crop=null (repeatable)")
     training.add_argument("--show-config", action="store_true", help="print the settings and exit")
     training.add_argument("--world", help="a world folder (its train/ split is used)")
-    training.add_argument("--host", help="world: the closed host's run folder or checkpoint; Cityscapes: the host model "
-                          "(rpl_wrn38, or package.module:factory)")
-    training.add_argument("--checkpoint", help="Cityscapes: the weights to start from (NVIDIA's cityscapes_best.pth or RPL's res.pth "
-                          "for rpl / rpl+eel; an m2a-inlier run's checkpoint.pt for m2a / m2a+eel)")
+    training.add_argument("--host", help="world: the closed host's run folder or checkpoint; Cityscapes / CamVid: the host model "
+                          "(rpl_wrn38, espnet_cityscapes, espnetv2_cityscapes, or package.module:factory; a host without RPL's "
+                          "module trains a residual adapter at its adapter_point, or --set adapter_point=MODULE)")
+    training.add_argument("--checkpoint", help="Cityscapes / CamVid: the weights to start from (NVIDIA's cityscapes_best.pth or RPL's "
+                          "res.pth for rpl / rpl+eel; an m2a-inlier run's checkpoint.pt for m2a / m2a+eel; default for "
+                          "hosts with public weights: the file diffeel models fetch cached)")
     training.add_argument("--harmonizer", help="DoveNet's latest_net_G.pth: the placement recipes (rpl+eel, m2a+eel) harmonize "
                           "with it after illumination matching, as the paper's blender; without it they blend by illumination "
                           "only and say so")
@@ -107,6 +109,7 @@ def _train_cityscapes(args: argparse.Namespace, config) -> None:
     """RPL / RPL+EEL / Mask2Anomaly on Cityscapes (or CamVid) with a real host, under torchrun when started by it."""
     from ..distributed import process_group
     from ..models import create_model, list_models
+    from ..models.hub import public_weights, published_checkpoint
     from ..report.output import check_output_dir
     from ..train.recipes import mask2anomaly_stage_one, stage_one_warning, train_on_cityscapes
 
@@ -125,10 +128,12 @@ def _train_cityscapes(args: argparse.Namespace, config) -> None:
         def make_model():
             return mask2anomaly_stage_one(args.backbone, allow_pickle=args.allow_pickle, **options)
     else:
-        if args.checkpoint is None:
+        if args.checkpoint is None and public_weights(args.host) is None:
             raise DiffeelError(f"give the weights {args.recipe} starts from with --checkpoint (e.g. NVIDIA's cityscapes_best.pth "
                                "for rpl and rpl+eel, an m2a-inlier run's checkpoint.pt for m2a and m2a+eel)")
-        warning = stage_one_warning(config.loss, args.checkpoint, allow_pickle=args.allow_pickle)
+        warning = stage_one_warning(config.loss, args.checkpoint, allow_pickle=args.allow_pickle) if args.checkpoint else None
+        if args.checkpoint is None:
+            published_checkpoint(args.host)  # the cached public file, or one sentence before any work
 
         def make_model():
             return create_model(args.host, checkpoint=args.checkpoint, allow_pickle=args.allow_pickle, **options)

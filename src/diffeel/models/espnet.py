@@ -42,13 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..labels import NUM_CLASSES
-from .loading import without_common_prefix
+from .loading import check_input_size, network_input_size, without_common_prefix
 from .registry import register_model
 
 BN_EPS = 1e-3
 BGR_MEAN = (72.3923111, 82.90893555, 73.15840149)
 BGR_STD = (45.3192215, 46.15289307, 44.91483307)
 INPUT_SIZE = (1024, 512)  # width, height the official script resizes every image to
+NETWORK_STRIDE = 8  # the encoder's downsampling: other sizes do not come back to the input's
 OFFICIAL_CLASSES = 20  # the 19 train ids, then void (trained as class 19)
 DILATIONS = (1, 2, 4, 8, 16)
 
@@ -222,20 +223,21 @@ class ESPNetCityscapes(nn.Module):
     # there is no wider decoder feature map to use.
     adapter_point = "network.conv"
 
-    def __init__(self, input_size: tuple[int, int] = INPUT_SIZE):
+    def __init__(self, input_size: tuple[int, int] | None = INPUT_SIZE, input_scale: float = 1.0):
         super().__init__()
         self.network = EspNet(OFFICIAL_CLASSES, p=2, q=8)
-        self.input_size = tuple(int(side) for side in input_size)  # (width, height), as cv2.resize takes it
+        # (width, height) as cv2.resize takes it; None: the image's size × input_scale (multiples of 8)
+        self.input_size, self.input_scale = check_input_size(input_size, input_scale)
         self.register_buffer("bgr_mean", torch.tensor(BGR_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("bgr_std", torch.tensor(BGR_STD).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """RGB ``(N, 3, H, W)`` in 0..255 → the network's input: BGR, minus the mean, over the std,
-        resized bilinearly to ``input_size`` (``align_corners=False``: cv2's ``INTER_LINEAR`` on
+        resized bilinearly to ``input_size`` or scaled by ``input_scale`` (``align_corners=False``: cv2's ``INTER_LINEAR`` on
         float images), divided by 255 - in the script's order."""
         bgr = images.flip(1)
         normalised = (bgr - self.bgr_mean.to(images.dtype)) / self.bgr_std.to(images.dtype)
-        width, height = self.input_size
+        height, width = network_input_size(*images.shape[-2:], self.input_size, self.input_scale, NETWORK_STRIDE)
         if normalised.shape[-2:] != (height, width):
             normalised = F.interpolate(normalised, size=(height, width), mode="bilinear", align_corners=False)
         return normalised / 255

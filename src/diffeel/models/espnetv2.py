@@ -63,10 +63,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..labels import NUM_CLASSES
-from .loading import IMAGENET_MEAN, IMAGENET_STD, without_common_prefix
+from .loading import IMAGENET_MEAN, IMAGENET_STD, check_input_size, network_input_size, without_common_prefix
 from .registry import register_model
 
 INPUT_SIZE = (1024, 512)  # width, height of the released city_1024x512 model's test-time input
+NETWORK_STRIDE = 32  # the encoder's downsampling: the decoder's skip connections need multiples of it
 OFFICIAL_CLASSES = 20  # the 19 train ids, then "background" (never a training target)
 BASE_CHANNELS = (32, 128, 256, 512)  # s = 2.0, levels 1..4 (levels 5 and the classifier are deleted)
 BRANCHES = 4
@@ -399,20 +400,21 @@ class ESPNetv2Cityscapes(nn.Module):
     # classifier convolution.
     adapter_point = "network.bu_br_l4"
 
-    def __init__(self, input_size: tuple[int, int] = INPUT_SIZE):
+    def __init__(self, input_size: tuple[int, int] | None = INPUT_SIZE, input_scale: float = 1.0):
         super().__init__()
         self.network = ESPNetv2Segmentation(OFFICIAL_CLASSES)
-        self.input_size = tuple(int(side) for side in input_size)  # (width, height), as PIL's resize takes it
+        # (width, height) as PIL's resize takes it; None: the image's size × input_scale (multiples of 32)
+        self.input_size, self.input_scale = check_input_size(input_size, input_scale)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """RGB ``(N, 3, H, W)`` in 0..255 → the network's input, as the script makes it: the uint8
-        image resized to ``input_size`` by PIL's ``BILINEAR`` (:func:`pil_bilinear_resize`,
+        image resized to ``input_size`` (or scaled by ``input_scale``) by PIL's ``BILINEAR`` (:func:`pil_bilinear_resize`,
         bit-exact), / 255, minus ImageNet's mean, over its std (float32 unless ``images`` is wider)."""
-        width, height = self.input_size
+        size = network_input_size(*images.shape[-2:], self.input_size, self.input_scale, NETWORK_STRIDE)
         dtype = torch.promote_types(images.dtype, torch.float32)
-        resized = pil_bilinear_resize(images, (height, width)).to(dtype)
+        resized = pil_bilinear_resize(images, size).to(dtype)
         return (resized / 255 - self.mean.to(dtype)) / self.std.to(dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ the logits anomaly scores come from. Imports no model: models declare what these
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
@@ -101,3 +102,24 @@ def scoring_logits(model: nn.Module, images: torch.Tensor, precision: str = "flo
         return output.float()
     described = f"a {type(output).__name__}" + (f" of shape {list(output.shape)}" if isinstance(output, torch.Tensor) else "")
     raise DiffeelError(f"the model returned {described}; a scored model must return (N, C, H, W) logits")
+
+
+def network_input_size(height: int, width: int, fixed: tuple[int, int] | None, scale: float, stride: int) -> tuple[int, int]:
+    """``(height, width)`` a network with a fixed test size runs at: ``fixed`` (width, height, as
+    its official script resizes every image to), or with ``fixed=None`` the image's own size times
+    ``scale``, each side rounded to a multiple of the network's ``stride`` (its decoder needs one)."""
+    if fixed is not None:
+        return int(fixed[1]), int(fixed[0])
+    return tuple(max(stride, int(round(side * scale / stride)) * stride) for side in (height, width))
+
+
+def check_input_size(input_size, input_scale) -> tuple[tuple[int, int] | None, float]:
+    """A model's ``input_size`` (None, or two positive whole numbers: width, height) and positive ``input_scale``."""
+    if input_size is not None:
+        if len(input_size) != 2 or not all(isinstance(side, int) and side > 0 for side in input_size):
+            raise DiffeelError(f"input_size must be [width, height] in pixels or null (the image's own size), got {input_size!r}")
+        input_size = (int(input_size[0]), int(input_size[1]))
+    if not (isinstance(input_scale, (int, float)) and math.isfinite(input_scale) and input_scale > 0):
+        raise DiffeelError(f"input_scale must be a positive number, got {input_scale!r}")
+    return input_size, float(input_scale)
+
