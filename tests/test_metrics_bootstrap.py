@@ -346,3 +346,22 @@ def test_replicates_are_kept_until_the_images_change(rng):
     assert np.array_equal(accumulator.replicates(30, seed=1)["auprc"], accumulator_of(images[:7]).replicates(30, seed=1)["auprc"])
     accumulator.add_map(*images[7], image_id=7)
     assert np.array_equal(accumulator.replicates(30, seed=1)["auprc"], accumulator_of(images).replicates(30, seed=1)["auprc"])
+
+
+def test_the_seed_term_is_students_t_interval_of_the_seed_means(rng):
+    """Seeds that raise every anomaly pixel by 0.2, 0.5 and 0.6: the statistic's image noise is nil
+    (every image moves alike), so the interval is the t interval of the three shifts (2 degrees of
+    freedom), far wider than a bootstrap over the three seeds would be."""
+    from scipy import stats
+
+    images = make_images(rng, 10, levels=16)
+    base = accumulator_of(images)
+    shifts = np.array([0.2, 0.5, 0.6])
+    mean_anomaly_score = lambda values, inliers, anomalies: anomalies @ values / anomalies.sum(axis=1)  # noqa: E731
+    result = bootstrap.paired_difference([accumulator_of(boosted(images, s)) for s in shifts], [base] * 3, mean_anomaly_score,
+                                         n_resamples=50)
+    low, high = stats.t.interval(0.95, 2, loc=shifts.mean(), scale=shifts.std(ddof=1) / np.sqrt(3))
+    assert result["difference"] == pytest.approx(shifts.mean(), abs=2e-3)  # float16 score resolution
+    assert result["low"] == pytest.approx(low, abs=5e-3) and result["high"] == pytest.approx(high, abs=5e-3)
+    assert result["seed_half_width"] == pytest.approx((high - low) / 2, rel=1e-2)
+    assert bootstrap.seed_half_width([0.4]) == 0.0

@@ -2,8 +2,8 @@
 
 Each finding compares two methods (or one method on two groups of test frames) and gets a
 verdict from a 95 % interval of the difference over training seeds *and* test images
-(:func:`~diffeel.metrics.bootstrap.paired_difference`: every replicate draws the test frames
-once for all runs of a seed, and draws the seeds with replacement):
+(:func:`~diffeel.metrics.bootstrap.paired_difference`: a paired bootstrap over the test frames,
+widened by Student's t interval over the training seeds):
 
 - ``holds``: the whole interval is on the claimed side (past the claimed margin);
 - ``within noise``: the interval straddles it — another seed or another test set could go

@@ -401,19 +401,25 @@ def paired_difference(a_runs: list[BootstrapAccumulator], b_runs: list[Bootstrap
     test images: ``a_runs[s]`` and ``b_runs[s]`` hold the test images scored by A's and B's models of
     training seed ``s``.
 
-    The difference is the mean over seeds of ``metric(A_s) - metric(B_s)``. Replicate ``r`` draws
-    the test images once for every run (the same positions for runs over the same images: a paired
-    bootstrap, so an image that is hard for both counts against neither) and ``S`` seeds with
-    replacement (training noise: another seed is another draw of the models); the interval is the
-    percentile interval of the replicates' differences. Returns ``difference``, ``low``, ``high``,
-    ``n_seeds``, ``n_resamples``, ``n_skipped`` (replicates where a metric is undefined) and
-    ``confidence``.
+    The difference is the mean over seeds of ``d_s = metric(A_s) - metric(B_s)``. Its interval adds
+    two sources of noise in quadrature, each side separately:
+
+    - test images: the percentile interval of a paired bootstrap — replicate ``r`` draws the test
+      images once for every run (the same positions for runs over the same images, so an image
+      that is hard for both counts against neither), and averages the seeds' differences;
+    - training seeds: Student's t interval of the mean of the ``d_s`` (``n - 1`` degrees of
+      freedom), as the seeds are a small sample of training runs. A bootstrap over a few seeds
+      would be far too narrow (3 seeds give 10 distinct resamples and no t-quantile): another
+      machine, which rounds differently, is another draw of every seed's model. One seed
+      contributes no seed term (the interval then covers test-image noise only).
+
+    Returns ``difference``, ``low``, ``high``, ``image_low``, ``image_high`` (the images' part alone),
+    ``seed_half_width``, ``n_seeds``, ``n_resamples``, ``n_skipped`` (replicates where a metric is
+    undefined) and ``confidence``.
 
     ``metric`` is a metric name or a statistic as :meth:`BootstrapAccumulator.statistic_replicates`
     takes. Runs over different images (say, clear against adverse frames) get independent image
     draws: the interval is then that of an unpaired difference.
-    With few seeds the seed resampling is coarse (3 seeds give 10 distinct multisets) and, like
-    any bootstrap over a small sample, a little narrower than the spread it estimates.
     """
     if not callable(metric) and metric not in METRIC_NAMES:
         raise ValueError(f"metric must be one of {', '.join(METRIC_NAMES)} or a statistic, got {metric!r}")
@@ -427,15 +433,29 @@ def paired_difference(a_runs: list[BootstrapAccumulator], b_runs: list[Bootstrap
     else:
         point = lambda run: run.point(protocol)[metric]  # noqa: E731
         resampled = lambda run: run.replicates(n_resamples, seed, protocol)[metric]  # noqa: E731
-    difference = float(np.mean([point(a) - point(b) for a, b in zip(a_runs, b_runs)]))
-    per_seed = np.stack([resampled(a) - resampled(b) for a, b in zip(a_runs, b_runs)])  # (seeds, replicates)
-    drawn_seeds = np.random.default_rng([seed, len(a_runs)]).integers(0, len(a_runs), size=(n_resamples, len(a_runs)))
-    replicates = per_seed[drawn_seeds, np.arange(n_resamples)[:, None]].mean(axis=1)
+    seed_differences = np.array([point(a) - point(b) for a, b in zip(a_runs, b_runs)], dtype=np.float64)
+    difference = float(seed_differences.mean())
+    replicates = np.mean([resampled(a) - resampled(b) for a, b in zip(a_runs, b_runs)], axis=0)  # images drawn, seeds kept
     kept = ~np.isnan(replicates)
-    low, high = (np.percentile(replicates[kept], [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100])
-                 if kept.any() else (math.nan, math.nan))
-    return {"difference": difference, "low": float(low), "high": float(high), "n_seeds": len(a_runs),
+    image_low, image_high = (np.percentile(replicates[kept], [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100])
+                             if kept.any() else (math.nan, math.nan))
+    seed_half = seed_half_width(seed_differences, confidence)
+    low = difference - math.hypot(max(difference - image_low, 0.0), seed_half)
+    high = difference + math.hypot(max(image_high - difference, 0.0), seed_half)
+    return {"difference": difference, "low": float(low), "high": float(high), "image_low": float(image_low),
+            "image_high": float(image_high), "seed_half_width": seed_half, "n_seeds": len(a_runs),
             "n_resamples": n_resamples, "n_skipped": int((~kept).sum()), "confidence": confidence}
+
+
+def seed_half_width(values: np.ndarray, confidence: float = 0.95) -> float:
+    """Half the width of Student's t interval for the mean of ``values`` (one per training seed):
+    ``t_{(1+c)/2, n-1} · sd / √n``; 0 for a single seed (no spread to estimate)."""
+    from scipy.stats import t
+
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return 0.0
+    return float(t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
 
 
 def _check_resampling(n_resamples, seed) -> None:
