@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_jobs_argument, add_output_argument, add_quiet_argument, count
+from .arguments import add_jobs_argument, add_output_argument, add_quiet_argument, count, setting
 
 RESUMABLE = ("demo",)
 
@@ -35,6 +35,11 @@ def add_parser(commands) -> None:
                       "from --checkpoint or the cache filled by diffeel models fetch)")
     real.add_argument("--checkpoint", help="the host's weights (default: the cached public file)")
     real.add_argument("--objects", help="training objects: an object bank folder (default: the world's debris)")
+    real.add_argument("--model-option", action="append", type=setting, metavar="NAME=VALUE", default=[],
+                      help="host constructor option (repeatable; the ESPNet hosts default to input_size=null input_scale=1.0: "
+                      "CamVid at its own size)")
+    real.add_argument("--split", choices=("test", "val"), default="test",
+                      help="the CamVid split the test set is made of (default test; val is where settings are chosen)")
     real.add_argument("--benchmark", action="append", type=_benchmark_root, metavar="NAME:ROOT", default=[],
                       help="also evaluate on this benchmark (any name diffeel eval loads; repeatable)")
     add_jobs_argument(demo, "worker processes for building the world")
@@ -73,8 +78,11 @@ def _run_real(args: argparse.Namespace) -> dict:
     if args.quick:
         raise DiffeelError("--real has no quick variant; it runs in about 20 minutes on 2 cores")
     overrides = {"seeds": args.seeds} if args.seeds else {}
+    if args.split == "val":  # CamVid val has 101 frames
+        overrides.update(clear_frames=41, per_weather=10)
     config = RealDemoConfig(camvid=args.camvid, host=args.host, checkpoint=args.checkpoint, objects=args.objects,
-                            benchmarks=list(args.benchmark), seed=args.seed, device=args.device, **overrides)
+                            benchmarks=list(args.benchmark), seed=args.seed, device=args.device, split=args.split, **overrides)
+    config.host_options.update(dict(args.model_option))
     return run_real_demo(config, args.out, progress=not args.quiet)
 
 

@@ -114,7 +114,10 @@ def _paste_synthesizer(args: argparse.Namespace, bank=None):
         blender = False
     else:
         blender = make_blender(illumination=True, dovenet=args.harmonizer_weights, poisson=args.poisson, device=args.device)
-    return CopyPasteSynthesizer(bank, objects_per_image=args.k, harmonize=blender)
+    camera = None
+    if getattr(args, "camvid", None):
+        from ..data.camvid import CAMVID_CAMERA as camera  # CamVid's own perspective, not Cityscapes'
+    return CopyPasteSynthesizer(bank, objects_per_image=args.k, camera=camera, harmonize=blender)
 
 
 def run_paste(args: argparse.Namespace) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 from ..data.benchmarks import ADVERSE_WEATHERS
 from ..errors import DiffeelError
 
-REAL_DEMO_FORMAT = 1  # bumped when the test set or the recipes change, so that old caches are not reused
+REAL_DEMO_FORMAT = 2  # bumped when the test set or the recipes change, so that old caches are not reused
 
 
 @dataclass
@@ -39,7 +39,7 @@ class RealDemoConfig:
     camvid: str
     host: str = "espnetv2_cityscapes"
     checkpoint: str | None = None  # the host's weights (None: the cached public file)
-    host_options: dict = field(default_factory=dict)
+    host_options: dict = field(default_factory=dict)  # over HOST_OPTIONS
     objects: str | None = None  # training objects (None: the world's debris)
     benchmarks: list = field(default_factory=list)  # extra (name, root) to evaluate on
     seed: int = 0
@@ -49,6 +49,7 @@ class RealDemoConfig:
     crop: tuple[int, int] = (256, 320)  # height, width of the training crops (CamVid frames are 360×480)
     lr: float = 1e-4  # the adapter trains at the recipes' head multiplier (10×) of this
     anomaly_weight: float = 0.05
+    split: str = "test"  # the CamVid split the test set is made of ("val" to choose settings)
     clear_frames: int = 53  # CamVid test frames kept clear; the others go to the adverse weathers in equal shares
     per_weather: int = 30
     severity: int = 3
@@ -59,6 +60,9 @@ class RealDemoConfig:
     def training_seeds(self) -> list[int]:
         return [self.seed + index for index in range(self.seeds)]
 
+
+# The public hosts run CamVid at its own size (their official scripts resize every image to Cityscapes' 1024×512)
+HOST_OPTIONS = {name: {"input_size": None, "input_scale": 1.0} for name in ("espnet_cityscapes", "espnetv2_cityscapes")}
 
 # (name, preset, overrides): the runs around the frozen host, as in the embedded demo
 REAL_RUNS = (
@@ -75,7 +79,7 @@ def camvid_test_set(config: RealDemoConfig, out: Path, animals: Path, progress: 
     set complete, so an interrupted build resumes where it stopped."""
     from tqdm import tqdm
 
-    from ..data.camvid import list_camvid, read_camvid_frame
+    from ..data.camvid import CAMVID_CAMERA, list_camvid, read_camvid_frame
     from ..data.images import write_image_atomic
     from ..labels import ANOMALY, ANOMALY_TRAIN_ID, INLIER, VOID
     from ..synth import CopyPasteSynthesizer, ObjectBank
@@ -83,14 +87,14 @@ def camvid_test_set(config: RealDemoConfig, out: Path, animals: Path, progress: 
 
     if (out / "manifest.csv").is_file():
         return out
-    frames = list_camvid(config.camvid, "test")
+    frames = list_camvid(config.camvid, config.split)
     wanted = config.clear_frames + config.per_weather * len(ADVERSE_WEATHERS)
     if wanted > len(frames):
-        raise DiffeelError(f"the test set needs {wanted} CamVid test frames but {config.camvid} has {len(frames)}")
+        raise DiffeelError(f"the test set needs {wanted} CamVid {config.split} frames but {config.camvid} has {len(frames)}")
     order = np.random.default_rng([config.seed, 7]).permutation(len(frames))[:wanted]
     weathers = ["clear"] * config.clear_frames + [w for w in ADVERSE_WEATHERS for _ in range(config.per_weather)]
     synthesizer = CopyPasteSynthesizer(ObjectBank.from_folder(animals), objects_per_image=config.objects_per_frame,
-                                       harmonize=True, search="best")
+                                       camera=CAMVID_CAMERA, harmonize=True, search="best")
     rows = []
     for index, (frame_index, weather) in enumerate(tqdm(list(zip(order, weathers)), desc="test set", unit="frame",
                                                          disable=not progress)):
@@ -117,7 +121,7 @@ def camvid_test_set(config: RealDemoConfig, out: Path, animals: Path, progress: 
 def _host(config: RealDemoConfig, checkpoint=None):
     from ..models import create_model
 
-    return create_model(config.host, checkpoint=checkpoint or config.checkpoint, **config.host_options)
+    return create_model(config.host, checkpoint=checkpoint or config.checkpoint, **{**HOST_OPTIONS.get(config.host, {}), **config.host_options})
 
 
 def _train_runs(config: RealDemoConfig, cache: Path, seed: int, debris: Path, progress: bool) -> tuple[dict, dict, dict]:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses
+from ..data.camvid import CAMVID_CAMERA
 from ..data.images import read_image, read_label
 from ..errors import DiffeelError
 from ..labels import NUM_CLASSES, VOID
@@ -368,10 +369,11 @@ def _blender_as_run(config: TrainConfig, weights, context: Distributed) -> Train
     return config
 
 
-def build_synthesizer(config: TrainConfig, objects_folder=None, source=None, harmonizer_weights=None):
+def build_synthesizer(config: TrainConfig, objects_folder=None, source=None, harmonizer_weights=None, camera=None):
     """The config's anomaly synthesizer over ``source``, or over ``object_pool`` of the bank in
     ``objects_folder``; a placement synthesizer blends with the stages ``config.harmonizer`` names
-    (DoveNet from ``harmonizer_weights``, run on the CPU of the data-loading processes)."""
+    (DoveNet from ``harmonizer_weights``, run on the CPU of the data-loading processes) and sizes
+    objects with ``camera`` (None: the Cityscapes camera scaled to each frame)."""
     if config.synthesizer == "none":
         return None
     from ..synth import RPL_SCALES, CopyPasteSynthesizer, ObjectBank, RPLMixSynthesizer
@@ -393,7 +395,8 @@ def build_synthesizer(config: TrainConfig, objects_folder=None, source=None, har
         blender = make_blender(illumination=True, dovenet=harmonizer_weights, device="cpu")
     else:
         blender = config.harmonizer == "illumination"
-    return CopyPasteSynthesizer(bank, objects_per_image=config.objects_per_image, harmonize=blender, search=config.placement)
+    return CopyPasteSynthesizer(bank, objects_per_image=config.objects_per_image, camera=camera, harmonize=blender,
+                                search=config.placement)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -544,7 +547,8 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
     if note and context.is_main:
         print(f"diffeel train: note: {note}.", file=sys.stderr)
     source = None if config.synthesizer == "none" else outlier_source(config, coco=coco, objects=objects, inlier_frames=len(dataset))
-    dataset.options["synthesizer"] = build_synthesizer(config, source=source, harmonizer_weights=harmonizer)
+    camera = CAMVID_CAMERA if inliers == "camvid" else None
+    dataset.options["synthesizer"] = build_synthesizer(config, source=source, harmonizer_weights=harmonizer, camera=camera)
     torch.manual_seed(config.seed)  # the residual module's Kaiming start is seeded
     model = make_model()
     if config.loss in MASK_LOSSES:
