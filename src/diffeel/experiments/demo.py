@@ -108,11 +108,15 @@ def _train_recipes(config: DemoConfig, cache: Path, seed: int, progress: bool) -
 
 @torch.no_grad()
 def _logits(model, rgb: torch.Tensor) -> torch.Tensor:
-    """The logits scores come from, for ``(N, 3, H, W)`` RGB in 0..255 given in the model's own input convention."""
+    """The logits scores come from, for ``(N, 3, H, W)`` RGB in 0..255 given in the model's own input
+    convention, at the images' size (bilinear, as scoring does, for a model that answers at another size)."""
     from ..models import input_normalization, normalise, scoring_logits
 
     model.eval()
-    return scoring_logits(model, normalise(rgb, input_normalization(model)))
+    logits = scoring_logits(model, normalise(rgb, input_normalization(model)))
+    if logits.shape[-2:] != rgb.shape[-2:]:
+        logits = torch.nn.functional.interpolate(logits, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
+    return logits
 
 
 def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: int = 16) -> tuple[dict, dict, dict]:
