@@ -119,7 +119,7 @@ def _logits(model, rgb: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: int = 16) -> tuple[dict, dict, dict]:
+def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: int = 16, progress: bool = False) -> tuple[dict, dict, dict]:
     """Metrics of every (recipe, score) on the test set, grouped; per-image tables of the methods
     the findings compare; and Figure 6's maps.
 
@@ -137,7 +137,9 @@ def evaluate_models(models: dict, test_root: Path, device: str = "cpu", batch: i
     tables = {method: {w: BootstrapAccumulator() for w in WEATHERS} for method in kept}
     shown = next((f for f in frames if f.metadata["weather"] == "fog"), frames[0])  # Figure 6's frame
     example = {"id": shown.id, "image": shown.load_image(), "label": shown.load_label(), "maps": {}}
-    for start in range(0, len(frames), batch):
+    from tqdm import tqdm
+
+    for start in tqdm(range(0, len(frames), batch), desc="evaluation", unit="batch", disable=not progress):
         chunk = frames[start : start + batch]
         images = torch.from_numpy(np.stack([f.load_image() for f in chunk])).permute(0, 3, 1, 2).float().to(device)
         labels = np.stack([f.load_label() for f in chunk])

@@ -164,16 +164,21 @@ def run_real_demo(config: RealDemoConfig, out, progress: bool = True) -> dict:
     write_object_bank(animals, config.seed, "animals")
     test_root = camvid_test_set(config, cache / "test", animals, progress)
     timings["test_set_s"] = time.perf_counter() - started
-    per_seed, accumulators, example, extra = [], [], None, {}
+    per_seed, accumulators, example, extra, closed = [], [], None, {}, None
     for seed in config.training_seeds:
         models, runs, train_timings = _train_runs(config, cache, seed, debris, progress)
-        models = {"closed": host, **models}
         for name, seconds in train_timings.items():
             timings[f"train_{name}_s"] = timings.get(f"train_{name}_s", 0.0) + seconds
         evaluation_started = time.perf_counter()
-        methods, tables, shown = evaluate_models(models, test_root, config.device, batch=8)
+        if closed is None:  # the frozen host is the same model for every seed: scored once
+            closed = (evaluate_models({"closed": host}, test_root, config.device, batch=8, progress=progress),
+                      {name: evaluate_benchmark({"closed": host}, name, root, config.device) for name, root in config.benchmarks})
+        (closed_methods, closed_tables, closed_shown), closed_extra = closed
+        methods, tables, shown = evaluate_models(models, test_root, config.device, batch=8, progress=progress)
+        shown["maps"] = {**closed_shown["maps"], **shown["maps"]}
+        methods, tables = {**closed_methods, **methods}, {**closed_tables, **tables}
         for name, root in config.benchmarks:
-            extra.setdefault(name, []).append(evaluate_benchmark(models, name, root, config.device))
+            extra.setdefault(name, []).append({**closed_extra[name], **evaluate_benchmark(models, name, root, config.device)})
         timings["evaluation_s"] = timings.get("evaluation_s", 0.0) + time.perf_counter() - evaluation_started
         per_seed.append(methods)
         accumulators.append(tables)
