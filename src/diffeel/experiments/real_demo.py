@@ -23,7 +23,7 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,8 @@ import numpy as np
 from ..data.benchmarks import ADVERSE_WEATHERS
 from ..errors import DiffeelError
 
-REAL_DEMO_FORMAT = 2  # bumped when the test set or the recipes change, so that old caches are not reused
+REAL_DEMO_FORMAT = 3
+TEST_ROW_MULTIPLE = 32  # test frames keep a row count the hosts' strides divide, so no host resamples them  # bumped when the test set or the recipes change, so that old caches are not reused
 
 
 @dataclass
@@ -73,7 +74,7 @@ REAL_RUNS = (
 
 
 def camvid_test_set(config: RealDemoConfig, out: Path, animals: Path, progress: bool = True) -> Path:
-    """CamVid's test split with animals pasted on the road, ``clear_frames`` clear and
+    """CamVid's test split (its frames' top rows cut to a multiple of 32) with animals pasted on the road, ``clear_frames`` clear and
     ``per_weather`` under each adverse weather (distinct frames, drawn with ``seed``), in ComsAmy's
     layout under ``out``. Every file is written atomically; the manifest, written last, marks the
     set complete, so an interrupted build resumes where it stopped."""
@@ -83,6 +84,7 @@ def camvid_test_set(config: RealDemoConfig, out: Path, animals: Path, progress: 
     from ..data.images import write_image_atomic
     from ..labels import ANOMALY, ANOMALY_TRAIN_ID, INLIER, VOID
     from ..synth import CopyPasteSynthesizer, ObjectBank
+    from ..synth.synthesizer import camera_for
     from ..weather import apply_weather
 
     if (out / "manifest.csv").is_file():
@@ -93,8 +95,7 @@ def camvid_test_set(config: RealDemoConfig, out: Path, animals: Path, progress: 
         raise DiffeelError(f"the test set needs {wanted} CamVid {config.split} frames but {config.camvid} has {len(frames)}")
     order = np.random.default_rng([config.seed, 7]).permutation(len(frames))[:wanted]
     weathers = ["clear"] * config.clear_frames + [w for w in ADVERSE_WEATHERS for _ in range(config.per_weather)]
-    synthesizer = CopyPasteSynthesizer(ObjectBank.from_folder(animals), objects_per_image=config.objects_per_frame,
-                                       camera=CAMVID_CAMERA, harmonize=True, search="best")
+    bank = ObjectBank.from_folder(animals)
     rows = []
     for index, (frame_index, weather) in enumerate(tqdm(list(zip(order, weathers)), desc="test set", unit="frame",
                                                          disable=not progress)):
@@ -105,6 +106,11 @@ def camvid_test_set(config: RealDemoConfig, out: Path, animals: Path, progress: 
         if image_path.exists() and label_path.exists():
             continue
         rgb, train_ids = read_camvid_frame(frame)
+        cut = rgb.shape[0] % TEST_ROW_MULTIPLE  # the top rows (sky) go: 360 → 352
+        camera = camera_for(CAMVID_CAMERA, rgb.shape[1], rgb.shape[0])
+        synthesizer = CopyPasteSynthesizer(bank, objects_per_image=config.objects_per_frame, harmonize=True, search="best",
+                                           camera=replace(camera, v0=camera.v0 - cut, rows=camera.rows - cut))
+        rgb, train_ids = rgb[cut:], train_ids[cut:]
         result = synthesizer.synthesize(rgb, train_ids, np.random.default_rng([config.seed, int(frame_index)]))
         label = np.where(result.labels == ANOMALY_TRAIN_ID, ANOMALY, np.where(result.labels == VOID, VOID, INLIER)).astype(np.uint8)
         image = apply_weather(result.image, weather, config.severity, seed=[config.seed, int(frame_index)])
