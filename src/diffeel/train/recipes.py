@@ -33,7 +33,7 @@ from ..labels import NUM_CLASSES, VOID
 from ..models import RPLModel, SmallDeepLab, is_mask_model, load_state
 from ..models.adapter import ResidualAdapter
 from ..distributed import Distributed
-from .data import INLIER_DATASETS, EpochBatches, augment_frame
+from .data import INLIER_DATASETS, EpochBatches, PseudoLabelledFolder, augment_frame
 from .loop import TrainConfig, step_generator, train
 
 RPL_ITERATIONS_PER_EPOCH = 371  # RPL's code: 2975 Cityscapes frames / batch 8
@@ -521,6 +521,35 @@ def crop_padding_note(config: TrainConfig, frames) -> str | None:
             f"{min(width, config.crop[1])}] crops within the frame")
 
 
+def write_pseudo_labels(make_model, images, out_dir, device: torch.device, context: Distributed = Distributed(),
+                        progress: bool = True) -> PseudoLabelledFolder:
+    """Train ids for a folder of unlabelled road images: the frozen host's own prediction (``out1``
+    for a residual model), written once to ``out_dir/pseudo_labels/<stem>.png`` by the main process
+    (a rerun keeps them). Placement finds the road in them; the consistency term needs no more, as
+    it takes its targets from ``out1`` anyway."""
+    from tqdm import tqdm
+
+    from ..data.images import image_files, read_image, write_image_atomic
+    from ..models import input_normalization, normalise
+
+    folder = PseudoLabelledFolder(Path(images), Path(out_dir) / "pseudo_labels")
+    files = image_files(folder.images)
+    if context.is_main:
+        missing = [path for path in files if not (folder.labels / f"{path.stem}.png").is_file()]
+        if missing:
+            host = make_model().to(device).eval()
+            for path in tqdm(missing, desc="pseudo-labels", unit="image", disable=not progress):
+                rgb = torch.from_numpy(read_image(path).copy()).permute(2, 0, 1)[None].float().to(device)
+                with torch.no_grad():
+                    output = host(normalise(rgb, input_normalization(host)))
+                logits = output.host_logits if hasattr(output, "host_logits") else output
+                if logits.shape[-2:] != rgb.shape[-2:]:
+                    logits = F.interpolate(logits, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
+                write_image_atomic(folder.labels / f"{path.stem}.png", logits.argmax(1)[0].to(torch.uint8).cpu().numpy())
+    context.barrier()
+    return folder
+
+
 def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *, coco=None, objects=None, harmonizer=None,
                         device: torch.device, context: Distributed = Distributed(), workers: int = 0, validate=None,
                         progress: bool = True, stop_after: int | None = None, inliers: str = "cityscapes") -> dict:
@@ -529,7 +558,8 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
     with outliers from COCO or an object bank, as ``config`` says, on this process's share of each
     global batch. Placement pastes on the full frame (the camera's view) before cropping; RPL's
     mixing pastes into the crop, as RPL does. ``inliers="camvid"``: ``cityscapes`` is a CamVid
-    root instead (SegNet's layout, labels mapped to Cityscapes train ids)."""
+    root instead (SegNet's layout, labels mapped to Cityscapes train ids); ``inliers="images"``: a
+    folder of unlabelled road images, labelled by the host itself (:func:`write_pseudo_labels`)."""
     from ..models import input_normalization
 
     if config.loss == "closed":
@@ -537,6 +567,11 @@ def train_on_cityscapes(config: TrainConfig, cityscapes, out_dir, make_model, *,
                            "use rpl, rpl+eel, m2a or m2a+eel on Cityscapes")
     config = _blender_as_run(config, harmonizer, context)
     loss = loss_for(config)
+    if inliers == "images":
+        if config.loss in MASK_LOSSES:
+            raise DiffeelError("unlabelled images train the rpl and rpl+eel recipes (a residual on the host's own "
+                               "predictions); Mask2Anomaly's recipes need labelled Cityscapes")
+        cityscapes = write_pseudo_labels(make_model, cityscapes, out_dir, device, context, progress)
     # placement needs the camera's whole view, and Mask2Anomaly pastes before augmenting: both paste first
     dataset = INLIER_DATASETS[inliers](cityscapes, config.seed, crop=config.crop, paste_probability=config.paste_probability,
                                        paste_before_crop=config.synthesizer == "placement" or config.loss in MASK_LOSSES,
