@@ -68,7 +68,7 @@ def test_the_real_demo_runs_end_to_end_and_resumes(tiny, tmp_path):
     real_demo(tiny, out)
     results = json.loads((out / "results.json").read_text())
     assert results["n_test_frames"] == 8 and results["seeds"] == [0, 1]
-    assert {m.split("/")[0] for m in results["methods"]} == {"closed", "rpl", "rpl-loss", "rpl+eel"}
+    assert {m.split("/")[0] for m in results["methods"]} == {"closed", "rpl-loss", "rpl+eel"}
     assert set(results["methods"]["rpl+eel/eel"]) >= {"whole", "clear", "adverse", "fog", "sandstorm"}
     assert results["findings"] and all(f["verdict"] in ("holds", "within noise", "DOES NOT HOLD") for f in results["findings"])
     for name in ("report.md", "report.html", "fig8_weather.png"):
@@ -80,7 +80,7 @@ def test_the_real_demo_runs_end_to_end_and_resumes(tiny, tmp_path):
     assert (labels == 1).any() and (labels == 255).any()  # pasted animals, and CamVid's void kept void
     assert sorted(f.metadata["weather"] for f in test_set).count("clear") == 2
     for seed in (0, 1):
-        for run_name in ("rpl", "rpl-loss", "rpl+eel"):
+        for run_name in ("rpl-loss", "rpl+eel"):
             assert (cache / f"seed-{seed}" / run_name / "checkpoint.pt").is_file()
     stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("checkpoint.pt")}
     real_demo(tiny, out, [("comsamy", str(cache / "test"))])

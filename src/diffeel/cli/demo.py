@@ -24,7 +24,7 @@ def add_parser(commands) -> None:
     demo.add_argument("--seed", type=count(0), default=0, help="the world's seed and the first training seed (default 0)")
     demo.add_argument("--seeds", type=count(1), default=None,
                       help="train every recipe with this many seeds (seed, seed+1, …) and give each finding an interval over "
-                      "seeds and test images (default 3; 1 with --quick)")
+                      "seeds and test images (default 5; 1 with --quick)")
     demo.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     real = demo.add_argument_group("real images (--real)")
     real.add_argument("--real", action="store_true",

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..labels import NUM_CLASSES
-from .loading import check_input_size, network_input_size, without_common_prefix
+from .loading import check_input_size, network_input_size, under_prefix
 from .registry import register_model
 
 BN_EPS = 1e-3
@@ -250,10 +250,7 @@ def espnet_state(state: dict, model: nn.Module | None = None) -> dict:
     """The official key layout (the released file: bare ``encoder.…``, ``level3_C.…`` keys; a
     ``module.`` prefix of a ``DataParallel`` save removed) → this model's ``network.…`` keys; a
     state dict of :class:`ESPNetCityscapes` itself passes unchanged."""
-    state = without_common_prefix(state, "module.")
-    if state and all(key.startswith("network.") for key in state):
-        return state
-    return {f"network.{key}": value for key, value in state.items()}
+    return under_prefix(state, "network.")
 
 
 @register_model("espnet_cityscapes", "ESPNet p=2 q=8 (ECCV 2018) on Cityscapes: loads the released "

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..labels import NUM_CLASSES
-from .loading import IMAGENET_MEAN, IMAGENET_STD, check_input_size, network_input_size, without_common_prefix
+from .loading import IMAGENET_MEAN, IMAGENET_STD, check_input_size, network_input_size, under_prefix
 from .registry import register_model
 
 INPUT_SIZE = (1024, 512)  # width, height of the released city_1024x512 model's test-time input
@@ -425,10 +425,7 @@ def espnetv2_state(state: dict, model: nn.Module | None = None) -> dict:
     """The official key layout (the released file: bare ``base_net.…``, ``bu_dec_l1.…`` keys; a
     ``module.`` prefix of a ``DataParallel`` save removed) → this model's ``network.…`` keys; a
     state dict of :class:`ESPNetv2Cityscapes` itself passes unchanged."""
-    state = without_common_prefix(state, "module.")
-    if state and all(key.startswith("network.") for key in state):
-        return state
-    return {f"network.{key}": value for key, value in state.items()}
+    return under_prefix(state, "network.")
 
 
 @register_model("espnetv2_cityscapes", "ESPNetv2 s=2.0 (CVPR 2019) on Cityscapes: loads the released "

@@ -27,6 +27,15 @@ def without_common_prefix(state: dict, *prefixes: str) -> dict:
     return dict(state)
 
 
+def under_prefix(state: dict, prefix: str) -> dict:
+    """An official state dict (bare keys; a ``module.`` prefix of a ``DataParallel`` save removed)
+    with every key placed under ``prefix``; a state dict already under it passes unchanged."""
+    state = without_common_prefix(state, "module.")
+    if state and all(key.startswith(prefix) for key in state):
+        return state
+    return {f"{prefix}{key}": value for key, value in state.items()}
+
+
 def load_strict(model: nn.Module, state: dict, source: str, name: str) -> None:
     """``model.load_state_dict(state, strict=True)``, with one sentence naming the first key that
     is missing, unexpected or of the wrong shape. BatchNorm's ``num_batches_tracked`` counters may
