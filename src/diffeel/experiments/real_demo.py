@@ -32,6 +32,7 @@ from ..data.benchmarks import ADVERSE_WEATHERS
 from ..errors import DiffeelError
 
 REAL_DEMO_FORMAT = 3
+EVALUATION_BATCH = 1  # ESPNetv2 on a CPU: 0.07 s per 480×352 frame alone, 0.15 s each in batches of 8
 TEST_ROW_MULTIPLE = 32  # test frames keep a row count the hosts' strides divide, so no host resamples them  # bumped when the test set or the recipes change, so that old caches are not reused
 
 
@@ -44,11 +45,11 @@ class RealDemoConfig:
     objects: str | None = None  # training objects (None: the world's debris)
     benchmarks: list = field(default_factory=list)  # extra (name, root) to evaluate on
     seed: int = 0
-    seeds: int = 3
+    seeds: int = 5
     steps: int = 60
     batch_size: int = 4
     crop: tuple[int, int] = (256, 320)  # height, width of the training crops (CamVid frames are 360×480)
-    lr: float = 1e-4  # the adapter trains at the recipes' head multiplier (10×) of this
+    lr: float = 3e-4  # the adapter trains at the recipes' head multiplier (10×) of this; chosen on CamVid val
     anomaly_weight: float = 0.05
     split: str = "test"  # the CamVid split the test set is made of ("val" to choose settings)
     clear_frames: int = 53  # CamVid test frames kept clear; the others go to the adverse weathers in equal shares
@@ -175,10 +176,10 @@ def run_real_demo(config: RealDemoConfig, out, progress: bool = True) -> dict:
             timings[f"train_{name}_s"] = timings.get(f"train_{name}_s", 0.0) + seconds
         evaluation_started = time.perf_counter()
         if closed is None:  # the frozen host is the same model for every seed: scored once
-            closed = (evaluate_models({"closed": host}, test_root, config.device, batch=8, progress=progress),
+            closed = (evaluate_models({"closed": host}, test_root, config.device, batch=EVALUATION_BATCH, progress=progress),
                       {name: evaluate_benchmark({"closed": host}, name, root, config.device) for name, root in config.benchmarks})
         (closed_methods, closed_tables, closed_shown), closed_extra = closed
-        methods, tables, shown = evaluate_models(models, test_root, config.device, batch=8, progress=progress)
+        methods, tables, shown = evaluate_models(models, test_root, config.device, batch=EVALUATION_BATCH, progress=progress)
         shown["maps"] = {**closed_shown["maps"], **shown["maps"]}
         methods, tables = {**closed_methods, **methods}, {**closed_tables, **tables}
         for name, root in config.benchmarks:
