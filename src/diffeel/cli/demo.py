@@ -111,4 +111,5 @@ def _print_summary(args: argparse.Namespace, results: dict, title: str) -> None:
 
 def _with_spread(methods: dict, spread: dict, method: str, group: str, key: str) -> str:
     deviation = spread[method][group][key]
-    return f"{100 * methods[method][group][key]:.2f}" + (f"±{100 * deviation:.2f}" if deviation else "")
+    shown = f"{100 * deviation:.2f}"
+    return f"{100 * methods[method][group][key]:.2f}" + (f"±{shown}" if shown != "0.00" else "")  # a frozen model has none

@@ -32,7 +32,7 @@ def seeds_note(results: dict) -> str:
     seeds = results["seeds"]
     if len(seeds) == 1:
         return (f"1 training seed ({seeds[0]}): the intervals cover test-image noise only, not training noise; "
-                "--seeds 3 or more for verdicts that survive another machine")
+                "--seeds 5 for verdicts that survive another machine")
     return (f"{len(seeds)} training seeds ({', '.join(map(str, seeds))}): numbers are means ± the standard deviation over seeds; "
             f"intervals are {100 * CONFIDENCE:.0f} % over seeds and test images")
 
@@ -46,7 +46,7 @@ def _cell(results, method, group, key):
     """The mean over seeds, with ``± sd`` when there are several seeds."""
     value = _metric(results, method, group, key)
     spread = results.get("spread", {}).get(method, {}).get(group, {}).get(key)
-    return value if len(results["seeds"]) == 1 or spread is None else f"{percent(value)} ± {percent(spread)}"
+    return value if len(results["seeds"]) == 1 or spread is None or percent(spread) == percent(0.0) else f"{percent(value)} ± {percent(spread)}"
 
 
 def _table2(results) -> tuple[list[str], list[list]]:
