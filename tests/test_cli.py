@@ -86,3 +86,42 @@ def test_score_command_writes_one_map_per_frame_of_a_batch_that_eval_reads(tmp_p
         np.testing.assert_allclose(np.load(out / f"batch_{index:04d}.npy"), expected[index], rtol=0, atol=1e-6)
     assert main(["score", str(tmp_path / "batch.npy"), "--score", "msp", "--out", str(out), "--quiet"]) == 0
     assert "kept 3 existing" in capsys.readouterr().out
+
+
+def readme_torchrun_lines() -> list[list[str]]:
+    """The README's torchrun commands as argument lists (continuation lines joined, comments cut)."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text().replace("\\\n", " ")
+    return [shlex.split(line.split("#")[0]) for line in text.splitlines() if line.lstrip().startswith("torchrun ")]
+
+
+def test_the_readmes_torchrun_lines_parse_in_torchrun_and_in_diffeel():
+    """torchrun reads any prefix of its own options as its own (``--n`` for ``--nnodes``): every
+    README torchrun line must get past torchrun's parser with diffeel's arguments intact, and no
+    option of a command that runs under torchrun may be such a prefix."""
+    from torch.distributed.run import get_args_parser
+
+    from diffeel.cli import build_parser
+
+    lines = readme_torchrun_lines()
+    assert len(lines) >= 4
+    torchrun = get_args_parser()
+    for line in lines:
+        parsed = torchrun.parse_args(line[1:])
+        assert parsed.module and parsed.training_script == "diffeel", line
+        build_parser().parse_args(parsed.training_script_args)  # diffeel takes the rest as written
+    torchrun_options = [o for action in torchrun._actions for o in action.option_strings if o.startswith("--") and o != "--help"]
+    commands = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction)).choices
+
+    def options(parser):
+        for action in parser._actions:
+            yield from (o for o in action.option_strings if o.startswith("--") and o != "--help")
+            for sub in getattr(action, "choices", None) or {}:
+                if isinstance(action.choices, dict):
+                    yield from options(action.choices[sub])
+
+    for command in ("score", "train", "synth"):
+        clashes = sorted({o for o in options(commands[command]) if any(t.startswith(o) for t in torchrun_options)})
+        assert not clashes, f"{command}: {clashes} are prefixes of torchrun's options"

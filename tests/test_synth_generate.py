@@ -155,7 +155,7 @@ def test_bank_with_a_missing_png_is_refused(tmp_path):
 
 
 def test_synth_objects_cli_end_to_end(stable_diffusion, tmp_path):
-    args = ["synth", "objects", "--model", stable_diffusion, "--n", 3, "--steps", 2, "--size", 32, "--extractor", "grabcut", "--quiet"]
+    args = ["synth", "objects", "--model", stable_diffusion, "--count", 3, "--steps", 2, "--size", 32, "--extractor", "grabcut", "--quiet"]
     code, printed, err = run(*args, "--out", tmp_path / "bank")
     assert code == 0, err
     records = read_records(tmp_path / "bank")
@@ -168,5 +168,5 @@ def test_synth_objects_cli_end_to_end(stable_diffusion, tmp_path):
     for part in ("0/2", "1/2"):
         assert run(*args, "--shard", part, "--out", tmp_path / "sharded")[0] == 0
     assert read_records(tmp_path / "sharded") == records
-    code, _, err = run("synth", "objects", "--model", tmp_path / "nowhere", "--n", 1, "--out", tmp_path / "x", "--quiet")
+    code, _, err = run("synth", "objects", "--model", tmp_path / "nowhere", "--count", 1, "--out", tmp_path / "x", "--quiet")
     assert code == 2 and "does not exist; expected a diffusers folder" in err and not (tmp_path / "x").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 
 
 def count(minimum: int):
@@ -19,6 +21,26 @@ def count(minimum: int):
         return value
 
     return parse
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (``nan`` and ``inf`` are refused: they are not valid JSON
+    in a recorded config, and no setting means them)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def device(text: str) -> str:
+    """An argparse type: ``cpu``, ``cuda`` or ``cuda:N`` (whether CUDA is present is checked when the
+    device is first used)."""
+    if text == "cpu" or re.fullmatch(r"cuda(:\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device diffeel runs on: use cpu, cuda or cuda:N")
 
 
 def size(text: str) -> tuple[int, int]:
@@ -60,6 +82,8 @@ def setting(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not of the form setting=value")
+    if value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        raise argparse.ArgumentTypeError(f"{text!r}: {value} is not a finite number")
     try:
         return key.strip(), json.loads(value)
     except ValueError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_jobs_argument, add_output_argument, add_quiet_argument, count, setting
+from .arguments import add_jobs_argument, add_output_argument, add_quiet_argument, count, device, setting
 
 RESUMABLE = ("demo",)
 
@@ -25,7 +25,7 @@ def add_parser(commands) -> None:
     demo.add_argument("--seeds", type=count(1), default=None,
                       help="train every recipe with this many seeds (seed, seed+1, …) and give each finding an interval over "
                       "seeds and test images (default 5; 1 with --quick)")
-    demo.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    demo.add_argument("--device", type=device, default="cpu", help="cpu (default) or cuda")
     real = demo.add_argument_group("real images (--real)")
     real.add_argument("--real", action="store_true",
                       help="the experiment on real pixels: a public Cityscapes host (espnetv2_cityscapes), a residual adapter "

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import DiffeelError
-from .arguments import add_benchmark_arguments, add_output_argument, add_quiet_argument, benchmark_frames, count, setting, size
+from .arguments import add_benchmark_arguments, add_output_argument, add_quiet_argument, benchmark_frames, count, device, finite_float, setting, size
 
 RESUMABLE = ("score",)
 
@@ -51,12 +51,12 @@ def add_parser(commands) -> None:
     score.add_argument("--flip", action="store_true",
                        help="--model: average each score with that of the left-right flipped image (as Mask2Anomaly's evaluation does)")
     score.add_argument("--size", type=size, help="--model: resize images to WIDTHxHEIGHT before the model (default: full resolution)")
-    score.add_argument("--device", default="cpu", help="--model: cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
+    score.add_argument("--device", type=device, default="cpu", help="--model: cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
     score.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
                        help="--model: the forward's arithmetic: float32 (default, the official numbers), bfloat16 (autocast; "
                        "several times faster on CPUs with AMX or AVX-512 BF16, scores change slightly) or float16 (autocast, CUDA only)")
     score.add_argument("--score", choices=sorted(SCORES), default="eel", help="logits files: score to compute (default: eel, Eq. 6)")
-    score.add_argument("--alpha", type=float, default=1.0, help="entropy weight α of the EEL score (default: 1)")
+    score.add_argument("--alpha", type=finite_float, default=1.0, help="entropy weight α of the EEL score (default: 1)")
     score.add_argument("--smooth", nargs="?", const="rpl", default="none", choices=("none", "rpl"),
                        help="rpl: Gaussian blur (7 taps, σ=1, reflect) as RPL's inference does; the same as eval --protocol rpl "
                        "applies (then evaluate with --protocol nearest). Plain --smooth means rpl")

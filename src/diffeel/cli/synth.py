@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import add_output_argument, add_quiet_argument, count, objects_per_image, shard
+from .arguments import add_output_argument, add_quiet_argument, count, device, finite_float, objects_per_image, shard
 
 RESUMABLE = ("synth objects",)
 
@@ -23,20 +23,21 @@ def add_parser(commands) -> None:
     )
     objects.add_argument("--model", required=True, help="Stable Diffusion: a local diffusers folder, or a .safetensors/.ckpt file with --config")
     objects.add_argument("--config", help="diffusers configuration folder for a single-file model")
-    objects.add_argument("--n", type=count(1), required=True, help="objects to plan")
+    # --count, not --n: torchrun reads any prefix of its own options (--nnodes, --nproc-per-node) as its own
+    objects.add_argument("--count", dest="n", type=count(1), required=True, help="objects to plan")
     add_output_argument(objects, "the bank folder")
     objects.add_argument("--extractor", choices=("u2net", "u2netp", "grabcut"),
                          help="salient object extractor (default: u2net with --extractor-weights, else grabcut)")
     objects.add_argument("--extractor-weights", help="u2net.pth or u2netp.pth (the official releases)")
     objects.add_argument("--steps", type=count(1), default=30, help="diffusion steps (default 30)")
     objects.add_argument("--size", type=count(8), default=512, help="image side in pixels, a multiple of 8 (default 512)")
-    objects.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    objects.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     objects.add_argument("--seed", type=count(0), default=0, help="bank seed: plans every object (default 0)")
     objects.add_argument("--shard", type=shard, help="build shard I of K, e.g. 0/4 (default: torchrun's rank/world size, else 0/1)")
     objects.add_argument("--batch", type=count(1), default=1, help="objects drawn per diffusion batch (default 1)")
     objects.add_argument("--vocabulary", help="objects CSV: object,category,min_height_m,max_height_m (default: diffeel's list)")
     objects.add_argument("--backgrounds", help="backgrounds, one per line (default: diffeel's list)")
-    objects.add_argument("--device", default="cpu", help="cpu (default) or cuda (float16, attention slicing)")
+    objects.add_argument("--device", type=device, default="cpu", help="cpu (default) or cuda (float16, attention slicing)")
     add_quiet_argument(objects)
     objects.set_defaults(handler=run_objects)
     paste = synth_commands.add_parser(
@@ -47,7 +48,7 @@ def add_parser(commands) -> None:
         "and OUT/pastes.jsonl. Frame i uses seed (SEED, i): reruns write the same pairs and resume after an interruption.",
     )
     _add_paste_arguments(paste)
-    paste.add_argument("--n", type=count(1), help="only the first N frames")
+    paste.add_argument("--count", dest="n", type=count(1), help="only the first N frames")
     add_output_argument(paste)
     add_quiet_argument(paste)
     paste.set_defaults(handler=run_paste)
@@ -75,7 +76,7 @@ def _add_paste_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--harmonizer-weights", help="DoveNet's latest_net_G.pth: harmonize after illumination matching")
     parser.add_argument("--poisson", action="store_true", help="finish with Poisson blending")
     parser.add_argument("--seed", type=count(0), default=0, help="seed (default 0)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda, for DoveNet")
+    parser.add_argument("--device", type=device, default="cpu", help="cpu (default) or cuda, for DoveNet")
 
 
 def run_objects(args: argparse.Namespace) -> None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DiffeelError
-from .arguments import add_output_argument, add_quiet_argument, count, setting, size
+from .arguments import add_output_argument, add_quiet_argument, count, device, setting, size
 
 RESUMABLE = ("train",)
 
@@ -60,7 +60,7 @@ def add_parser(commands) -> None:
     training.add_argument("--validate-size", type=size, help="resize validation images to WIDTHxHEIGHT")
     add_output_argument(training, "run folder (checkpoint.pt, log.jsonl, tensorboard/)", required=False)
     training.add_argument("--seed", type=count(0), help="seed (default: the preset's, 0)")
-    training.add_argument("--device", default="cpu", help="cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
+    training.add_argument("--device", type=device, default="cpu", help="cpu (default) or cuda (cuda:LOCAL_RANK under torchrun)")
     add_quiet_argument(training)
     training.set_defaults(handler=run)
 
