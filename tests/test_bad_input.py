@@ -66,6 +66,19 @@ def pickled(relative: str, value) -> Setup:
     return setup
 
 
+def legacy_pickle_checkpoint(relative: str) -> Setup:
+    """A checkpoint that keeps its training arguments as a Python object (as RPL's and older files do)."""
+
+    def setup(sandbox: Path, shared: dict) -> None:
+        import argparse
+
+        import torch
+
+        torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.1)}, sandbox / relative)
+
+    return setup
+
+
 def remove(relative: str) -> Setup:
     def setup(sandbox: Path, shared: dict) -> None:
         (sandbox / relative).unlink()
@@ -210,6 +223,10 @@ CASES = [
     case("score-model-other-width", [a.replace("=16", "=8") for a in SCORE_MODEL], "'mod1.conv1.weight' has shape [4, 3, 3, 3] in the file",
          tiny_rpl_checkpoint("res.pth")),
     case("score-model-missing-checkpoint", SCORE_MODEL, "checkpoint {s}/res.pth does not exist"),
+    case("score-model-checkpoint-is-a-folder", SCORE_MODEL, "checkpoint {s}/res.pth is a folder; give the checkpoint file inside it",
+         mkdir("res.pth")),
+    case("score-model-legacy-pickle", SCORE_MODEL, "a legacy pickle), which diffeel does not load by default; if you trust its "
+         "source, --allow-pickle loads it", legacy_pickle_checkpoint("res.pth")),
     case("score-mask-model-other-architecture", ["score", "--model", "mask2anomaly_r50", "--checkpoint", "{s}/res.pth", "--benchmark",
                                                  "comsamy", "--root", "{bench}", "--out", "{s}/out", "--quiet"],
          "does not fit mask2anomaly_r50: key 'backbone.stem.conv1.weight' is missing", tiny_rpl_checkpoint("res.pth")),
