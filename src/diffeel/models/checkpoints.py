@@ -36,8 +36,9 @@ def load_state(path, allow_pickle: bool = False) -> dict:
             warnings.simplefilter("ignore")  # torch warns about foreign pickles before it refuses them
             return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as error:
-        if allow_pickle:
-            raise DiffeelError(f"checkpoint {path} could not be read ({type(error).__name__}): it is damaged") from error
+        if allow_pickle or "Unsupported global" not in str(error):  # damaged, not a class weights_only refuses
+            raise DiffeelError(f"checkpoint {path} could not be read ({type(error).__name__}): it is damaged or not a diffeel "
+                               "checkpoint") from error
         raise DiffeelError(f"checkpoint {path} holds Python objects beyond tensors (a legacy pickle), which diffeel does not "
                            "load by default; if you trust its source, --allow-pickle loads it (unpickling can run code)") from error
     except Exception as error:  # torch raises many types for corrupt or foreign files
