@@ -212,3 +212,21 @@ def test_bfloat16_precision_is_recorded_close_and_float16_needs_cuda(setup, tmp_
     code, _, err = run(*common, "--precision", "float16", "--out", tmp_path / "half")
     assert code == 2 and "float16 precision needs a CUDA device" in err
     assert not (tmp_path / "half").exists()
+
+
+def test_overwrite_makes_the_folder_the_new_runs_and_a_failed_run_leaves_no_settings(setup, tmp_path):
+    out = tmp_path / "run"
+    assert run(*score_args(setup, out, "--scores", "msp,energy,eel"))[0] == 0
+    assert run(*score_args(setup, out, "--scores", "eel", "--overwrite"))[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["eel", "score_config.json"]  # no msp/ or energy/ of the earlier run
+    assert json.loads((out / "score_config.json").read_text())["scores"] == ["eel"]
+    broken = tmp_path / "broken.py"
+    broken.write_text("import torch\n\ndef build():\n    return torch.nn.Conv2d(3, 19, 1, bias=False).requires_grad_(False)"
+                      "\n\nclass Flat(torch.nn.Module):\n    def forward(self, x):\n        return x.mean(1)\n\n"
+                      "def flat():\n    return Flat()\n")
+    failed = tmp_path / "failed"
+    code, _, err = run("score", "--model", f"{broken}:flat", "--benchmark", "comsamy", "--root", setup / "bench", "--out", failed, "--quiet")
+    assert code == 2 and "(N, C, H, W) logits" in err
+    assert not (failed / "score_config.json").exists()  # nothing of the failed run: a fixed model may score here
+    code, _, err = run("score", "--model", f"{broken}:build", "--benchmark", "comsamy", "--root", setup / "bench", "--out", failed, "--quiet")
+    assert code == 0, err

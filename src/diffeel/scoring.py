@@ -141,25 +141,42 @@ def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings:
         config.update(protocol=settings.protocol, flip=settings.flip)
     if not overwrite:
         _check_config(out_dir, config)
+    resumed = (out_dir / CONFIG_NAME).exists() and not overwrite
     if context.is_main:
+        if overwrite:
+            _remove_earlier_maps(out_dir)  # the folder becomes this run's: no map of another run stays
         _write_config(out_dir, config)
     context.barrier()  # the settings are checked and recorded before anyone scores
     batches = plan_batches(frames, settings.batch)[context.rank :: context.world_size]
     how = input_normalization(model)
     model = model.to(device, memory_format=torch.channels_last).eval()
     scored = kept = 0
-    with tqdm(total=sum(map(len, batches)), desc="scoring", unit="frame", disable=not progress or not context.is_main) as bar:
-        for indices in batches:
-            batch_frames = [frames[i] for i in indices]
-            if not overwrite and all(t.exists() for f in batch_frames for t in score_targets(out_dir, f.id, settings.scores)):
-                kept += len(indices)
+    try:
+        with tqdm(total=sum(map(len, batches)), desc="scoring", unit="frame", disable=not progress or not context.is_main) as bar:
+            for indices in batches:
+                batch_frames = [frames[i] for i in indices]
+                if not overwrite and all(t.exists() for f in batch_frames for t in score_targets(out_dir, f.id, settings.scores)):
+                    kept += len(indices)
+                    bar.update(len(indices))
+                    continue
+                _score_batch(model, batch_frames, out_dir, settings, how, device)
+                scored += len(indices)
                 bar.update(len(indices))
-                continue
-            _score_batch(model, batch_frames, out_dir, settings, how, device)
-            scored += len(indices)
-            bar.update(len(indices))
+    except BaseException:
+        if context.is_main and not resumed and not any(out_dir.glob("*/*.npy")):
+            (out_dir / CONFIG_NAME).unlink(missing_ok=True)  # no map was written: the folder holds nothing of this run
+        raise
     context.barrier()
     return {"scored": scored, "kept": kept}
+
+
+def _remove_earlier_maps(out_dir: Path) -> None:
+    """Every score folder an earlier run can have written into ``out_dir``, removed."""
+    import shutil
+
+    for name in (*SCORES, OFFICIAL_SCRIPT):
+        if (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)
 
 
 def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: str, device) -> dict[str, np.ndarray]:
