@@ -241,6 +241,8 @@ CASES = [
     case("score-model-unknown-score", [*SCORE_MODEL, "--scores", "eel,odin"], "unknown score 'odin'", tiny_rpl_checkpoint("res.pth")),
     case("score-model-and-logits", [*SCORE_MODEL, "{s}/logits.npy"], "either logits files or --model", save_array("logits.npy", FLOAT_LOGITS)),
     case("score-no-input", ["score", "--out", "{s}/out"], "give logits files, or --model"),
+    case("score-model-without-weights", ["score", "--model", "small_deeplab", "--benchmark", "comsamy", "--root", "{bench}", "--out",
+                                         "{s}/out", "--quiet"], "small_deeplab needs its weights: give --checkpoint PATH"),
     usage_case("score-device-unknown", [*SCORE_MODEL, "--device", "banana"], "'banana' is not a device diffeel runs on"),
     usage_case("score-device-mps", [*SCORE_MODEL, "--device", "mps"], "'mps' is not a device diffeel runs on"),
     usage_case("score-alpha-infinite", [*SCORE, "--alpha", "inf"], "--alpha: 'inf' is not a finite number"),

@@ -230,3 +230,14 @@ def test_overwrite_makes_the_folder_the_new_runs_and_a_failed_run_leaves_no_sett
     assert not (failed / "score_config.json").exists()  # nothing of the failed run: a fixed model may score here
     code, _, err = run("score", "--model", f"{broken}:build", "--benchmark", "comsamy", "--root", setup / "bench", "--out", failed, "--quiet")
     assert code == 0, err
+
+
+def test_random_weights_are_asked_for_seeded_and_recorded(setup, tmp_path):
+    command = ["score", "--model", "small_deeplab", "--benchmark", "comsamy", "--root", setup / "bench", "--quiet"]
+    code, _, err = run(*command, "--out", tmp_path / "none")
+    assert code == 2 and "small_deeplab needs its weights" in err and not (tmp_path / "none").exists()
+    for name in ("a", "b"):
+        assert run(*command, "--random-weights", 3, "--out", tmp_path / name)[0] == 0
+    assert maps(tmp_path / "a") == maps(tmp_path / "b")  # the same seed, the same model in every run
+    assert json.loads((tmp_path / "a" / "score_config.json").read_text())["random_weights"] == 3
+    assert run(*command, "--random-weights", 4, "--out", tmp_path / "a")[0] == 2  # another model: not mixed into the folder

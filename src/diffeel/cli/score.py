@@ -64,6 +64,9 @@ def add_parser(commands) -> None:
     score.add_argument("--key", help="array name inside .npz/.pt files holding several")
     add_output_argument(score)
     score.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
+    score.add_argument("--random-weights", type=count(0), metavar="SEED",
+                       help="--model without --checkpoint: score a registered model with random weights drawn from SEED "
+                       "(recorded; for trying the pipeline, never for numbers)")
     add_quiet_argument(score)
     score.set_defaults(handler=run)
 
@@ -87,7 +90,10 @@ def _score_model(args: argparse.Namespace) -> None:
     """``diffeel score --model``: run a model over a benchmark (this process's share under torchrun)."""
     from ..distributed import process_group
     from ..models import create_model
+    import torch
+
     from ..models.hub import published_checkpoint
+    from ..models.registry import model_entry
     from ..report.output import check_output_dir
     from ..scoring import ScoreSettings, score_frames
 
@@ -100,13 +106,23 @@ def _score_model(args: argparse.Namespace) -> None:
                              dtype=args.dtype or "float16", inference=args.inference, precision=args.precision,
                              mask_logits=args.mask_logits, protocol=args.protocol, flip=args.flip)
     checkpoint = args.checkpoint or published_checkpoint(args.model)
+    if checkpoint is not None and args.random_weights is not None:
+        raise DiffeelError("give --checkpoint or --random-weights, not both")
+    if checkpoint is None and args.random_weights is None and model_entry(args.model) is not None:
+        # a registered model without weights is a new random model on every run: maps of a resumed run would mix models
+        raise DiffeelError(f"{args.model} needs its weights: give --checkpoint PATH (or --random-weights SEED to try the "
+                           "pipeline on a seeded random model)")
     check_output_dir(args.out, allowed=None)
     frames = benchmark_frames(args)
     with process_group(args.device) as context:
         device = context.device(args.device)
+        if args.random_weights is not None:
+            torch.manual_seed(args.random_weights)  # every process draws the same model
         model = create_model(args.model, checkpoint=checkpoint, allow_pickle=args.allow_pickle, **dict(args.model_option or []))
         provenance = {"model": args.model, "model_options": dict(args.model_option or []), "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
                       "benchmark": args.benchmark, "root": str(Path(args.root).resolve())}
+        if args.random_weights is not None:
+            provenance["random_weights"] = args.random_weights  # recorded when set, so earlier folders still resume
         counts = score_frames(model, frames, args.out, settings, provenance=provenance, device=device, context=context,
                               overwrite=args.overwrite, progress=not args.quiet)
         if context.is_main:
