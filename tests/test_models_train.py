@@ -93,6 +93,13 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(value, resumed.state_dict()[key]), key
     log = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3, 4, 5, 6]
+    # interrupted before its first checkpoint: the steps logged then (and a line cut short) are not kept
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "log.jsonl").write_text('{"step": 1, "total": 9.0}\n{"step": 2, "total": 9.0}\n{"step": 3, "to')
+    again, groups = fresh()
+    train(config, again, groups, tiny_batch, closed_loss, tmp_path / "early", progress=False)
+    log = [json.loads(line)["step"] for line in (tmp_path / "early" / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4, 5, 6]
 
 
 def test_checkpoints_load_with_weights_only_and_fail_clearly(tmp_path):

@@ -156,7 +156,7 @@ def same_settings(saved: dict, config: TrainConfig) -> bool:
 class _TensorBoard:
     """Scalars for TensorBoard under ``folder``; nothing (and one note) when tensorboard is not installed."""
 
-    def __init__(self, folder: Path, enabled: bool):
+    def __init__(self, folder: Path, enabled: bool, first_step: int = 1):
         self.writer = None
         if enabled:
             try:
@@ -164,7 +164,8 @@ class _TensorBoard:
             except ImportError:
                 print("note: the tensorboard package is not installed; losses go to log.jsonl only")
             else:
-                self.writer = SummaryWriter(str(folder))
+                # events from first_step on, written before an interruption, are dropped: they are taken again
+                self.writer = SummaryWriter(str(folder), purge_step=first_step)
 
     def scalars(self, prefix: str, values: dict, step: int) -> None:
         if self.writer is not None:
@@ -231,8 +232,8 @@ def train(
         if config.amp:
             scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
-        if context.is_main:
-            _truncate_log(log_path, start)
+    if context.is_main:
+        _truncate_log(log_path, start)  # before the first checkpoint too: steps not in it are taken again
     revision = code_revision()
     network = model
     if context.active:
@@ -273,7 +274,7 @@ def train(
     model.train()
     started = time.perf_counter()
     last = start
-    board = _TensorBoard(out / "tensorboard", context.is_main)
+    board = _TensorBoard(out / "tensorboard", context.is_main, first_step=start + 1)
     with open(log_path, "a") if context.is_main else open(os.devnull, "w") as log, \
             tqdm(total=config.steps, initial=start, desc=f"{config.recipe} (seed {config.seed})", unit="step", disable=not progress or not context.is_main) as bar:
         def pooled():
@@ -326,11 +327,18 @@ def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+    """Drop log lines written after the checkpoint we resume from (they will be written again),
+    and a line an interruption cut short."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+
+    def kept(line: str) -> bool:
+        try:
+            return json.loads(line)["step"] <= step
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if kept(line)))
 
 
 def step_torch_seed(seed: int, step: int) -> int:
