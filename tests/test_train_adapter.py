@@ -122,3 +122,18 @@ def test_unlabelled_images_train_on_the_hosts_own_predictions(data, tmp_path):
         assert np.array_equal(read_label(tmp_path / "run" / "pseudo_labels" / f"{path.stem}.png"), expected.numpy())
     code, _, err = run(*base[:-1], tmp_path / "run", "--cityscapes", data / "cityscapes")
     assert code != 0 and "give one of --cityscapes, --camvid and --images" in err
+
+
+def test_a_data_loading_workers_error_arrives_as_its_own_sentence(data, tmp_path):
+    import shutil
+
+    root = tmp_path / "cityscapes"
+    shutil.copytree(data / "cityscapes", root)
+    for image in (root / "leftImg8bit").rglob("*.png"):
+        image.write_bytes(b"not a png")  # every frame unreadable: whichever a worker reads first fails
+    code, _, err = run("train", "--recipe", "rpl", "--cityscapes", root, "--host", "small_deeplab", "--checkpoint", data / "host.pt",
+                       "--objects", data / "bank", "--set", "steps=1", "--set", "batch_size=2", "--set", "crop=[32,48]",
+                       "--workers", "2", "--quiet", "--out", tmp_path / "run")
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1 and "is not a readable image" in errors[0]
+    assert "Caught" not in err and "Traceback" not in err and len(errors[0]) < 300

@@ -501,9 +501,22 @@ class StepBatches:
             self.iterator = iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
                                             pin_memory=self.device.type == "cuda", persistent_workers=False))
         self.next_step = step + 1
-        images, labels = next(self.iterator)
+        try:
+            images, labels = next(self.iterator)
+        except DiffeelError as error:
+            raise DiffeelError(worker_sentence(str(error))) from None
         images = normalise(images.to(self.device, non_blocking=True).float(), self.normalization)
         return images.contiguous(memory_format=torch.channels_last), labels.to(self.device, non_blocking=True)
+
+
+def worker_sentence(message: str) -> str:
+    """The sentence a DataLoader worker raised, without the wrapper PyTorch puts around it
+    ("Caught DiffeelError in DataLoader worker process 1. Original Traceback …")."""
+    if not message.startswith("Caught ") or "Original Traceback" not in message:
+        return message
+    marker = "DiffeelError: "
+    last = message.rstrip().splitlines()[-1]
+    return last.split(marker, 1)[1] if marker in last else message
 
 
 def crop_padding_note(config: TrainConfig, frames) -> str | None:
