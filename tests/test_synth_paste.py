@@ -88,3 +88,22 @@ def test_preview_is_a_contact_sheet(inputs, tmp_path):
 def test_recipes_read_a_generated_bank(inputs):
     synthesizer = build_synthesizer(preset("demo-rpl+eel"), inputs / "bank")
     assert len(synthesizer.bank) == 3 and synthesizer.bank[0].kind in {e.object for e in read_objects()}
+
+
+def test_an_interrupted_paste_says_what_it_kept(inputs, tmp_path, monkeypatch):
+    from diffeel.synth import pairs
+
+    written = []
+    original = pairs.write_image_atomic
+
+    def write_then_stop(path, array):
+        if len(written) == 4:  # two pairs on disk, then Ctrl-C
+            raise KeyboardInterrupt
+        written.append(path)
+        original(path, array)
+
+    monkeypatch.setattr(pairs, "write_image_atomic", write_then_stop)
+    code, _, err = run("synth", "paste", "--bank", inputs / "bank", "--images", inputs / "images", "--labels", inputs / "labels",
+                       "--quiet", "--out", tmp_path / "pairs")
+    assert code == 130 and "finished outputs are kept, rerun to resume" in err and "nothing was written" not in err
+    assert len(list((tmp_path / "pairs" / "images").iterdir())) == 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .arguments import add_output_argument, add_quiet_argument, count, device, finite_float, objects_per_image, shard
 
-RESUMABLE = ("synth objects",)
+RESUMABLE = ("synth objects", "synth paste")
 
 
 def add_parser(commands) -> None:
