@@ -81,11 +81,13 @@ def _add_paste_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_objects(args: argparse.Namespace) -> None:
     from ..distributed import from_environment
+    from ..report.output import check_resumable_dir
     from ..synth.bank_builder import build_object_bank
     from ..synth.extract import make_extractor
     from ..synth.generate import (GenerationSettings, check_model_files, generate_images, load_pipeline, model_fingerprint,
                                   plan_objects, read_backgrounds, read_objects)
 
+    check_resumable_dir(args.out, ("objects*.jsonl",), "a diffeel object bank")  # before loading any weights
     context = from_environment()
     bank_shard = args.shard or (context.rank, context.world_size)  # torchrun ranks share one bank
     plans = plan_objects(args.n, args.seed, read_objects(args.vocabulary), read_backgrounds(args.backgrounds), bank_shard)
@@ -122,8 +124,10 @@ def _paste_synthesizer(args: argparse.Namespace, bank=None):
 
 
 def run_paste(args: argparse.Namespace) -> None:
+    from ..report.output import check_resumable_dir
     from ..synth.pairs import labelled_frames, write_pairs
 
+    check_resumable_dir(args.out, ("pairs_config.json",), "diffeel training pairs")
     frames = labelled_frames(cityscapes=args.cityscapes, camvid=args.camvid, world=args.world, images=args.images,
                              labels=args.labels)
     settings = {"bank": str(Path(args.bank).resolve()), "k": list(args.k), "harmonize": not args.no_harmonize,

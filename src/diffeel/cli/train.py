@@ -10,6 +10,8 @@ from ..errors import DiffeelError
 from .arguments import add_output_argument, add_quiet_argument, count, device, setting, size
 
 RESUMABLE = ("train",)
+# what a run writes first (a log.jsonl alone may be anyone's: a run is not to append to it)
+RUN_SIGNS = ("checkpoint.pt", "tensorboard/events.out.tfevents.*", "pseudo_labels")
 
 
 def add_parser(commands) -> None:
@@ -66,7 +68,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..report.output import check_output_dir
+    from ..report.output import check_resumable_dir
     from ..train.recipes import describe, harmonizer_stages, load_small_host, preset, train_on_world
 
     overrides = dict(args.set or [])
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> None:
     if not args.world or not args.out:
         raise DiffeelError("give --world (a folder made by diffeel world make), --cityscapes or --camvid, and --out to train, "
                            "or --show-config to print the settings")
-    check_output_dir(args.out, allowed=None)  # a run folder resumes, so earlier contents are expected
+    check_resumable_dir(args.out, RUN_SIGNS, "a diffeel training run")  # a run folder resumes
     world_train = Path(args.world) / "train"
     host = load_small_host(args.host) if args.host else None
     validate = _validation(args, args.device)
@@ -112,7 +114,7 @@ def _train_cityscapes(args: argparse.Namespace, config) -> None:
     from ..distributed import process_group
     from ..models import create_model, list_models
     from ..models.hub import public_weights, published_checkpoint
-    from ..report.output import check_output_dir
+    from ..report.output import check_resumable_dir
     from ..train.recipes import mask2anomaly_stage_one, stage_one_warning, train_on_cityscapes
 
     if not args.out:
@@ -139,7 +141,7 @@ def _train_cityscapes(args: argparse.Namespace, config) -> None:
 
         def make_model():
             return create_model(args.host, checkpoint=args.checkpoint, allow_pickle=args.allow_pickle, **options)
-    check_output_dir(args.out, allowed=None)
+    check_resumable_dir(args.out, RUN_SIGNS, "a diffeel training run")
     with process_group(args.device) as context:
         device = context.device(args.device)
         if warning and context.is_main:

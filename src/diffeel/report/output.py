@@ -41,6 +41,16 @@ def check_output_dir(out, allowed: tuple[str, ...] | None = ()) -> Path:
     return out
 
 
+def check_resumable_dir(out, signs: tuple[str, ...], what: str) -> Path:
+    """Fail before any work if ``out`` is a non-empty folder that shows none of ``signs`` (file
+    names or glob patterns a run of this command writes first): its files are not ours, and a
+    resuming command would write over them or append to them."""
+    out = check_output_dir(out, allowed=None)
+    if out.is_dir() and any(out.iterdir()) and not any(any(out.glob(sign)) for sign in signs):
+        raise DiffeelError(f"--out {out} holds files that are not {what}; choose an empty or new folder")
+    return out
+
+
 def check_output_file(path) -> Path:
     """Fail before any work if ``path`` cannot become an output file (it is a folder, say)."""
     path = Path(path)
