@@ -241,6 +241,8 @@ CASES = [
     case("score-model-unknown-score", [*SCORE_MODEL, "--scores", "eel,odin"], "unknown score 'odin'", tiny_rpl_checkpoint("res.pth")),
     case("score-model-and-logits", [*SCORE_MODEL, "{s}/logits.npy"], "either logits files or --model", save_array("logits.npy", FLOAT_LOGITS)),
     case("score-no-input", ["score", "--out", "{s}/out"], "give logits files, or --model"),
+    case("score-model-not-a-segmenter", ["score", "--model", "dovenet", "--random-weights", "0", "--benchmark", "comsamy", "--root",
+                                         "{bench}", "--out", "{s}/out", "--quiet"], "dovenet is not a segmenter"),
     case("synth-paste-foreign-folder", ["synth", "paste", "--bank", "{s}/bank", "--world", "{world}", "--out", "{s}/mine", "--quiet"],
          "--out {s}/mine holds files that are not diffeel training pairs", write("mine/images/train_00000.png", b"my picture")),
     case("synth-objects-foreign-folder", ["synth", "objects", "--model", "{s}/sd", "--count", "2", "--out", "{s}/mine", "--quiet"],

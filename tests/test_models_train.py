@@ -112,6 +112,15 @@ def test_checkpoints_load_with_weights_only_and_fail_clearly(tmp_path):
         load_state(tmp_path / "missing.pt")
 
 
+def test_a_residual_module_on_one_image_per_process_says_why_it_cannot_train(tmp_path):
+    torch.manual_seed(0)
+    model, groups = residual_model(SmallDeepLab(width=8), seed=0)
+    config = preset("demo-rpl", steps=1, batch_size=1, synthesizer="none")
+    with pytest.raises(DiffeelError, match=r"cannot train on 1 image\(s\) per process; use --set batch_size=2"):
+        train(config, model, groups, lambda step: tuple(x[:1] for x in tiny_batch(step)), residual_loss(config), tmp_path / "run",
+              progress=False)
+
+
 def test_a_tiny_demo_writes_every_output(tmp_path):
     config = DemoConfig(per_weather=1, train_frames=4, closed_steps=3, residual_steps=2, batch_size=2, size=(128, 64), ablate_objects=False,
                         seeds=2)

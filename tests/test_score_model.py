@@ -241,3 +241,8 @@ def test_random_weights_are_asked_for_seeded_and_recorded(setup, tmp_path):
     assert maps(tmp_path / "a") == maps(tmp_path / "b")  # the same seed, the same model in every run
     assert json.loads((tmp_path / "a" / "score_config.json").read_text())["random_weights"] == 3
     assert run(*command, "--random-weights", 4, "--out", tmp_path / "a")[0] == 2  # another model: not mixed into the folder
+    one_class = tmp_path / "one_class.py"
+    one_class.write_text("import torch\n\ndef build():\n    return torch.nn.Conv2d(3, 1, 1)\n")
+    code, _, err = run("score", "--model", f"{one_class}:build", "--benchmark", "comsamy", "--root", setup / "bench",
+                       "--out", tmp_path / "one", "--quiet")
+    assert code == 2 and "1 class channel(s)" in err and not (tmp_path / "one" / "score_config.json").exists()

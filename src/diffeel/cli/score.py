@@ -119,6 +119,8 @@ def _score_model(args: argparse.Namespace) -> None:
         if args.random_weights is not None:
             torch.manual_seed(args.random_weights)  # every process draws the same model
         model = create_model(args.model, checkpoint=checkpoint, allow_pickle=args.allow_pickle, **dict(args.model_option or []))
+        if getattr(model, "segmenter", True) is False:
+            raise DiffeelError(f"{args.model} is not a segmenter (it gives no class logits per pixel); score a segmentation model")
         provenance = {"model": args.model, "model_options": dict(args.model_option or []), "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
                       "benchmark": args.benchmark, "root": str(Path(args.root).resolve())}
         if args.random_weights is not None:

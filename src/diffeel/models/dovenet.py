@@ -110,6 +110,8 @@ class DoveNetGenerator(nn.Module):
     active), so its outputs are random. In train mode this module does the same as the official one.
     """
 
+    segmenter = False  # not a per-pixel class model: diffeel score refuses it
+
     def __init__(self, ngf: int = 64, input_channels: int = 4, output_channels: int = 3, dropout: float = DROPOUT):
         super().__init__()
         if not isinstance(ngf, int) or ngf < 1:

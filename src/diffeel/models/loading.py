@@ -108,6 +108,8 @@ def scoring_logits(model: nn.Module, images: torch.Tensor, precision: str = "flo
     if isinstance(output, tuple) and hasattr(output, "rpl_logits"):
         output = output.rpl_logits
     if isinstance(output, torch.Tensor) and output.ndim == 4:
+        if output.shape[1] < 2:
+            raise DiffeelError(f"the model returned {output.shape[1]} class channel(s); anomaly scores compare at least 2 classes")
         return output.float()
     described = f"a {type(output).__name__}" + (f" of shape {list(output.shape)}" if isinstance(output, torch.Tensor) else "")
     raise DiffeelError(f"the model returned {described}; a scored model must return (N, C, H, W) logits")

@@ -150,6 +150,8 @@ def _block(height: int, in_ch: int, mid_ch: int, out_ch: int) -> nn.Module:
 class _U2NetBase(nn.Module):
     """Six encoder stages, five decoder stages, six side outputs fused by ``outconv``."""
 
+    segmenter = False  # not a per-pixel class model: diffeel score refuses it
+
     encoder: tuple[tuple[int, int], ...] = ()
     decoder: tuple[tuple[int, int], ...] = ()
 

@@ -285,8 +285,15 @@ def train(
                 group["lr"] = poly_lr(group["base_lr"], step, config.steps, config.poly_power)
             images, labels = batch_at(step)
             torch.manual_seed(step_torch_seed(config.seed, step))  # the same on every process: per-image sampling keys on it
-            with torch.autocast(device.type, enabled=config.amp), pooled():
-                losses = loss_at(network, images, labels)
+            try:
+                with torch.autocast(device.type, enabled=config.amp), pooled():
+                    losses = loss_at(network, images, labels)
+            except ValueError as error:
+                if "more than 1 value per channel" not in str(error):
+                    raise
+                raise DiffeelError(f"a batch norm that trains (RPL's residual module copies the host's ASPP, whose image-pooling "
+                                   f"branch sees one value per image) cannot train on {len(images)} image(s) per process; "
+                                   "use --set batch_size=2 or more per process") from None
             # the share of this step's crops that hold anomaly pixels (the global batch's: equal shares per process)
             coverage = {}
             if config.synthesizer != "none":
