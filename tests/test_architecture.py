@@ -25,7 +25,7 @@ LAYERS = (
     ("train",),
     ("experiments",),
     ("cli",),
-    ("__main__",),  # python -m diffeel
+    ("__main__", "_entry"),  # python -m diffeel; the diffeel command
 )
 LAYER_OF = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 

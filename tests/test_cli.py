@@ -125,3 +125,21 @@ def test_the_readmes_torchrun_lines_parse_in_torchrun_and_in_diffeel():
     for command in ("score", "train", "synth"):
         clashes = sorted({o for o in options(commands[command]) if any(t.startswith(o) for t in torchrun_options)})
         assert not clashes, f"{command}: {clashes} are prefixes of torchrun's options"
+
+
+def test_ctrl_c_while_starting_is_one_sentence(monkeypatch, capsys):
+    """An interrupt while the command-line interface (and torch) imports: exit 130, one line."""
+    import builtins
+
+    from diffeel import _entry
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "cli" or name.endswith(".cli"):
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert _entry.main() == 130
+    assert capsys.readouterr().err == "diffeel: interrupted while starting; nothing was written.\n"
