@@ -25,7 +25,8 @@ LAYERS = (
     ("train",),
     ("experiments",),
     ("cli",),
-    ("__main__", "_entry"),  # python -m diffeel; the diffeel command
+    ("_entry",),  # the diffeel command: the CLI imported behind a guard
+    ("__main__",),  # python -m diffeel
 )
 LAYER_OF = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 
