@@ -246,3 +246,12 @@ def test_random_weights_are_asked_for_seeded_and_recorded(setup, tmp_path):
     code, _, err = run("score", "--model", f"{one_class}:build", "--benchmark", "comsamy", "--root", setup / "bench",
                        "--out", tmp_path / "one", "--quiet")
     assert code == 2 and "1 class channel(s)" in err and not (tmp_path / "one" / "score_config.json").exists()
+
+
+def test_a_factory_module_in_the_current_folder_is_found(setup, tmp_path, monkeypatch):
+    (tmp_path / "my_segmenter.py").write_text("import torch\n\ndef build():\n    return torch.nn.Conv2d(3, 19, 1)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    code, _, err = run("score", "--model", "my_segmenter:build", "--benchmark", "comsamy", "--root", setup / "bench",
+                       "--out", tmp_path / "out", "--quiet")
+    assert code == 0, err

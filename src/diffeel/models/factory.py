@@ -46,6 +46,19 @@ def _unwrap(raw, path) -> dict:
     raise DiffeelError(f"checkpoint {path} holds no model weights (expected a state dict, or one under 'model' or 'state_dict')")
 
 
+def _import_from_here(target: str):
+    """``importlib.import_module(target)``, also finding a module in the current folder (the
+    ``diffeel`` command, unlike ``python -m``, does not put it on ``sys.path``)."""
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as error:
+        here = str(Path.cwd())
+        if error.name != target.split(".")[0] or here in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(target)
+
+
 def _import_factory(spec: str) -> Callable[..., nn.Module]:
     """``package.module:factory`` or ``path/to/file.py:factory``."""
     target, _, attribute = spec.rpartition(":")
@@ -61,7 +74,7 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
             sys.modules[module_spec.name] = module
             module_spec.loader.exec_module(module)
         else:
-            module = importlib.import_module(target)
+            module = _import_from_here(target)
     except DiffeelError:
         raise
     except Exception as error:  # a user's module can fail in any way while importing
