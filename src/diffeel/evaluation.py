@@ -155,7 +155,8 @@ def _summary(metrics: PixelMetrics) -> dict:
 
 
 def evaluate(frames: list[Frame], scores_path, options: EvalOptions | None = None) -> tuple[dict, dict]:
-    """Evaluate ``frames`` against the score maps at ``scores_path``.
+    """Evaluate ``frames`` against the score maps at ``scores_path``. Frames without a label
+    (withheld test frames) are not evaluated; their maps may be there.
 
     Returns ``(results, curves)``: results as plain data (fractions; ``results["all"]`` pooled over
     every frame, ``results["groups"][field][value]`` per group) and the exact curves of the whole
@@ -164,12 +165,17 @@ def evaluate(frames: list[Frame], scores_path, options: EvalOptions | None = Non
     from tqdm import tqdm
 
     options = options or EvalOptions()
-    Protocol.resolve(options.protocol)  # fail early on a bad protocol name
+    protocol = Protocol.resolve(options.protocol)  # fail early on a bad protocol name
+    if protocol.toolkit and options.bootstrap:
+        raise DiffeelError(f"--bootstrap resamples the exact protocols' counts; {protocol.name} is the toolkit's binned "
+                           "one: bootstrap with --protocol pooled")
+    unlabelled = [frame.id for frame in frames if frame.label_path is None]  # test frames: maps allowed, not evaluated
+    frames = [frame for frame in frames if frame.label_path is not None]
     if not frames:
-        raise DiffeelError("the benchmark lists no frames to evaluate")
+        raise DiffeelError("the benchmark lists no labelled frames to evaluate")
     check_group_fields(frames, options.group_by)
     scores_path = str(scores_path)
-    ScoreMaps(scores_path).check([frame.id for frame in frames])
+    ScoreMaps(scores_path).check([frame.id for frame in frames], unlabelled)
     jobs = worker_count(options.jobs)
     chunks = split(frames, jobs * 4 if jobs > 1 else 1)
     timings = {}

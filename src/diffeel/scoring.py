@@ -5,7 +5,10 @@ resolution or ``size`` (or, with ``protocol="m2a"``, resized as Mask2Anomaly's e
 short side 1024, long side at most 2048, PIL bilinear); the model's scoring logits (RPL's
 ``out2``) resized to the label's resolution; each requested score (Eqs. 2, 4–6); optionally the
 average with the scores of the left-right flip (``flip``, flipped back) and RPL's Gaussian blur;
-one file per score and frame, ``{out}/{score}/{frame id}.npy``, written atomically.
+one file per score and frame, ``{out}/{score}/{frame id}.npy``, written atomically — or, with
+``toolkit=(method, dataset)``, the SegmentMeIfYouCan toolkit's ``{out}/anomaly_p/{method}/{dataset}/
+{frame id}.hdf5`` (one score). A frame without a label (a withheld test frame) is scored at its
+image's resolution.
 
 Frames are grouped into batches of consecutive frames of one size *before* anything is split
 between processes or skipped, and batch ``i`` runs on rank ``i mod world size``: every batch is
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from .data.arrays import ARRAY_SUFFIXES, load_array, save_array_atomic
 from .data.benchmarks import Frame
 from .data.images import image_size
+from .data.toolkit_layout import check_method_name, toolkit_maps_folder, write_toolkit_map
 from .distributed import Distributed
 from .errors import DiffeelError
 from .metrics import PixelMetrics
@@ -54,8 +58,16 @@ class ScoreSettings:
     mask_logits: str = "raw"  # mask models: the class weights of the logits energy / entropy / EEL use (msp: always softmax)
     protocol: str = "native"  # the input's size: "native" (or ``size``), "m2a" (Mask2Anomaly's evaluation resizing)
     flip: bool = False  # average each score with the left-right flip's (Mask2Anomaly's evaluation does)
+    toolkit: tuple[str, str] | None = None  # (method, dataset): the SMIYC toolkit's layout, one score, float16
 
     def __post_init__(self):
+        if self.toolkit is not None:
+            check_method_name(self.toolkit[0])
+            if self.dtype != "float16":
+                raise DiffeelError("the SegmentMeIfYouCan toolkit stores float16 maps; --layout smiyc takes no --dtype float32")
+            if self.inference != OFFICIAL_SCRIPT and len(self.scores) != 1:
+                raise DiffeelError(f"the SegmentMeIfYouCan layout holds one map per frame; name the one score to write "
+                                   f"with --scores (one of {', '.join(SCORES)})")
         if self.protocol not in INPUT_PROTOCOLS:
             raise DiffeelError(f"protocol must be one of {', '.join(INPUT_PROTOCOLS)}, got {self.protocol!r}")
         if self.protocol == "m2a" and self.size is not None:
@@ -79,18 +91,31 @@ class ScoreSettings:
             raise DiffeelError(f"smooth must be none or rpl, got {self.smooth!r}")
 
 
-def score_targets(out_dir: Path, frame_id: str, scores) -> list[Path]:
-    return [out_dir / score / f"{frame_id}.npy" for score in scores]
+def maps_folder(out_dir: Path, settings: ScoreSettings) -> Path:
+    """The folder a run's maps and its ``score_config.json`` go to."""
+    return toolkit_maps_folder(out_dir, *settings.toolkit) if settings.toolkit else out_dir
+
+
+def score_targets(folder: Path, frame_id: str, settings: ScoreSettings) -> list[Path]:
+    """The files a frame's maps go to (one per score; one ``.hdf5`` in the toolkit's layout)."""
+    if settings.toolkit:
+        return [folder / f"{frame_id}.hdf5"]
+    return [folder / score / f"{frame_id}.npy" for score in settings.scores]
+
+
+def _map_size(frame: Frame) -> tuple[int, int]:
+    """``(width, height)`` of a frame's score maps: its label's, or its image's without a label."""
+    return image_size(frame.label_path if frame.label_path is not None else frame.image_path)
 
 
 def plan_batches(frames: list[Frame], batch: int) -> list[list[int]]:
-    """Consecutive frames whose images and labels share their sizes, at most ``batch`` per group."""
+    """Consecutive frames whose images and score maps share their sizes, at most ``batch`` per group."""
     groups: list[list[int]] = []
     last_sizes = None
     for index, frame in enumerate(frames):
         if frame.image_path is None:
             raise DiffeelError(f"frame {frame.id} has no image; give the image root with --images")
-        sizes = (image_size(frame.image_path), image_size(frame.label_path))
+        sizes = (image_size(frame.image_path), _map_size(frame))
         if groups and sizes == last_sizes and len(groups[-1]) < batch:
             groups[-1].append(index)
         else:
@@ -139,13 +164,16 @@ def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings:
         config["mask_logits"] = settings.mask_logits  # maps made with the other class weights must not mix with these
     if settings.protocol != "native" or settings.flip:  # recorded when set, so folders made before these options still resume
         config.update(protocol=settings.protocol, flip=settings.flip)
+    if settings.toolkit:
+        config.update(layout="smiyc", method=settings.toolkit[0], dataset=settings.toolkit[1])
+    folder = maps_folder(out_dir, settings)
     if not overwrite:
-        _check_config(out_dir, config)
-    resumed = (out_dir / CONFIG_NAME).exists() and not overwrite
+        _check_config(folder, config)
+    resumed = (folder / CONFIG_NAME).exists() and not overwrite
     if context.is_main:
         if overwrite:
-            _remove_earlier_maps(out_dir)  # the folder becomes this run's: no map of another run stays
-        _write_config(out_dir, config)
+            _remove_earlier_maps(folder)  # the folder becomes this run's: no map of another run stays
+        _write_config(folder, config)
     context.barrier()  # the settings are checked and recorded before anyone scores
     batches = plan_batches(frames, settings.batch)[context.rank :: context.world_size]
     how = input_normalization(model)
@@ -155,32 +183,35 @@ def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings:
         with tqdm(total=sum(map(len, batches)), desc="scoring", unit="frame", disable=not progress or not context.is_main) as bar:
             for indices in batches:
                 batch_frames = [frames[i] for i in indices]
-                if not overwrite and all(t.exists() for f in batch_frames for t in score_targets(out_dir, f.id, settings.scores)):
+                if not overwrite and all(t.exists() for f in batch_frames for t in score_targets(folder, f.id, settings)):
                     kept += len(indices)
                     bar.update(len(indices))
                     continue
-                _score_batch(model, batch_frames, out_dir, settings, how, device)
+                _score_batch(model, batch_frames, folder, settings, how, device)
                 scored += len(indices)
                 bar.update(len(indices))
     except BaseException:
-        if context.is_main and not resumed and not any(out_dir.glob("*/*.npy")):
-            (out_dir / CONFIG_NAME).unlink(missing_ok=True)  # no map was written: the folder holds nothing of this run
+        if context.is_main and not resumed and not any(folder.glob("*.hdf5" if settings.toolkit else "*/*.npy")):
+            (folder / CONFIG_NAME).unlink(missing_ok=True)  # no map was written: the folder holds nothing of this run
         raise
     context.barrier()
     return {"scored": scored, "kept": kept}
 
 
-def _remove_earlier_maps(out_dir: Path) -> None:
-    """Every score folder an earlier run can have written into ``out_dir``, removed."""
+def _remove_earlier_maps(folder: Path) -> None:
+    """Every map an earlier run can have written into ``folder``, removed."""
     import shutil
 
     for name in (*SCORES, OFFICIAL_SCRIPT):
-        if (out_dir / name).is_dir():
-            shutil.rmtree(out_dir / name)
+        if (folder / name).is_dir():
+            shutil.rmtree(folder / name)
+    for path in folder.glob("*.hdf5"):
+        path.unlink()
 
 
 def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: str, device) -> dict[str, np.ndarray]:
-    """``{score: (N, H, W) float32 maps}`` at label resolution for frames of one image and label size.
+    """``{score: (N, H, W) float32 maps}`` at label resolution (image resolution for a frame without
+    a label) for frames of one image and map size.
 
     For a mask model ``msp`` is Eq. 3's mask-wise MSP (``1 - max_c`` of the softmax-weighted class
     map, which is not normalised), the other scores come from the mask-wise logits (raw class
@@ -191,7 +222,7 @@ def batch_score_maps(model, frames: list[Frame], settings: ScoreSettings, how: s
     rgb = np.stack([frame.load_image() for frame in frames])
     if settings.protocol == "m2a":
         rgb = np.stack([official_resize(image) for image in rgb])
-    label_width, label_height = image_size(frames[0].label_path)
+    label_width, label_height = _map_size(frames[0])
     maps = _score_maps(model, rgb, settings, how, device, (label_height, label_width))
     if settings.flip:  # the flip's maps, flipped back, averaged in as Mask2Anomaly's evaluation does
         flipped = _score_maps(model, rgb[:, :, ::-1], settings, how, device, (label_height, label_width))
@@ -251,7 +282,7 @@ def _official_maps(model, frames: list[Frame], precision: str) -> np.ndarray:
     for frame in frames:
         image_bgr = np.ascontiguousarray(frame.load_image()[..., ::-1])
         score = np.asarray(official_anomaly_score(model, image_bgr, precision=precision), dtype=np.float32)
-        label_width, label_height = image_size(frame.label_path)
+        label_width, label_height = _map_size(frame)
         if score.shape != (label_height, label_width):
             score = cv2.resize(score, (label_width, label_height), interpolation=cv2.INTER_LINEAR)
         maps.append(score)
@@ -261,10 +292,13 @@ def _official_maps(model, frames: list[Frame], precision: str) -> np.ndarray:
     return maps
 
 
-def _score_batch(model, frames: list[Frame], out_dir: Path, settings: ScoreSettings, how: str, device) -> None:
+def _score_batch(model, frames: list[Frame], folder: Path, settings: ScoreSettings, how: str, device) -> None:
     for name, score_maps in batch_score_maps(model, frames, settings, how, device).items():
         for frame, score_map in zip(frames, score_maps):
-            save_array_atomic(score_targets(out_dir, frame.id, [name])[0], score_map.astype(settings.dtype))
+            if settings.toolkit:
+                write_toolkit_map(folder / f"{frame.id}.hdf5", score_map)
+            else:
+                save_array_atomic(folder / name / f"{frame.id}.npy", score_map.astype(settings.dtype))
 
 
 def validate_model(model: torch.nn.Module, frames: list[Frame], scores=("energy", "eel"), *, device, size=None,

@@ -101,13 +101,16 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, required: bool = Tr
     parser.add_argument("--label-map", help="label value mapping for the folder benchmark, e.g. 2:1,0:0,*:255")
 
 
-def benchmark_frames(args: argparse.Namespace):
-    """The frames of the benchmark group's arguments."""
+def benchmark_frames(args: argparse.Namespace, unlabelled: bool = False, label_map=None):
+    """The frames of the benchmark group's arguments; with ``unlabelled``, also the frames whose
+    labels are withheld (SegmentMeIfYouCan's test frames); ``label_map`` unless ``--label-map``."""
     from ..data.benchmarks import load_benchmark
     from ..labels import LabelMapping
 
-    label_map = LabelMapping.parse(args.label_map) if getattr(args, "label_map", None) else None
-    return load_benchmark(args.benchmark, args.root, images=args.images, labels=args.labels, label_map=label_map)
+    if getattr(args, "label_map", None):
+        label_map = LabelMapping.parse(args.label_map)
+    return load_benchmark(args.benchmark, args.root, images=args.images, labels=args.labels, label_map=label_map,
+                          unlabelled=unlabelled or None)
 
 
 def add_output_argument(parser: argparse.ArgumentParser, help: str = "output folder", **options) -> None:

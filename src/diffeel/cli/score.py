@@ -35,7 +35,12 @@ def add_parser(commands) -> None:
                        help="keyword argument for the model's constructor or factory (repeatable), e.g. width_divisor=16")
     score.add_argument("--allow-pickle", action="store_true", help="allow a legacy checkpoint that needs full unpickling (can run code)")
     add_benchmark_arguments(score, required=False)
-    score.add_argument("--scores", default=",".join(SCORES), help=f"--model: scores to write (default: {','.join(SCORES)})")
+    score.add_argument("--scores", help=f"--model: scores to write (default: {','.join(SCORES)}; one with --layout smiyc)")
+    score.add_argument("--layout", choices=("diffeel", "smiyc"), default="diffeel",
+                       help="--model: diffeel (default: {out}/{score}/{frame id}.npy) or smiyc: the SegmentMeIfYouCan toolkit's "
+                       "{out}/anomaly_p/{method}/{dataset}/{frame id}.hdf5 (float16, gzip 9), every frame of the toolkit's "
+                       "dataset including the test frames without labels; one score (--scores) and --method")
+    score.add_argument("--method", help="--layout smiyc: the method's name (its folder in the toolkit's layout)")
     score.add_argument("--batch", type=count(1), default=1, help="--model: frames per forward pass (default 1)")
     score.add_argument("--inference", choices=("default", "anomaly_inference"), default="default",
                        help="--model, mask models: default = Eq. 3 (msp) and the EEL family on mask-wise logits; anomaly_inference "
@@ -95,16 +100,28 @@ def _score_model(args: argparse.Namespace) -> None:
     from ..models.hub import published_checkpoint
     from ..models.registry import model_entry
     from ..report.output import check_output_dir
-    from ..scoring import ScoreSettings, score_frames
+    from ..scores import SCORES
+    from ..scoring import ScoreSettings, maps_folder, score_frames
 
     if args.logits:
         raise DiffeelError("give either logits files or --model, not both")
     if not args.benchmark or not args.root:
         raise DiffeelError("--model needs --benchmark and --root: the frames to score")
-    settings = ScoreSettings(scores=tuple(s.strip() for s in args.scores.split(",") if s.strip()), alpha=args.alpha,
-                             smooth=args.smooth, size=args.size[::-1] if args.size else None, batch=args.batch,
+    toolkit = None
+    if args.layout == "smiyc":
+        from ..data.toolkit_layout import toolkit_dataset
+
+        if not args.method:
+            raise DiffeelError("--layout smiyc needs --method NAME: the method's folder in the toolkit's layout")
+        if not args.scores and args.inference == "default":
+            raise DiffeelError(f"--layout smiyc stores one map per frame: name the score with --scores (one of {', '.join(SCORES)})")
+        toolkit = (args.method, toolkit_dataset(args.benchmark))
+    elif args.method:
+        raise DiffeelError("--method names a method of the toolkit's layout: give it with --layout smiyc")
+    settings = ScoreSettings(scores=tuple(s.strip() for s in (args.scores or ",".join(SCORES)).split(",") if s.strip()),
+                             alpha=args.alpha, smooth=args.smooth, size=args.size[::-1] if args.size else None, batch=args.batch,
                              dtype=args.dtype or "float16", inference=args.inference, precision=args.precision,
-                             mask_logits=args.mask_logits, protocol=args.protocol, flip=args.flip)
+                             mask_logits=args.mask_logits, protocol=args.protocol, flip=args.flip, toolkit=toolkit)
     checkpoint = args.checkpoint or published_checkpoint(args.model)
     if checkpoint is not None and args.random_weights is not None:
         raise DiffeelError("give --checkpoint or --random-weights, not both")
@@ -113,7 +130,7 @@ def _score_model(args: argparse.Namespace) -> None:
         raise DiffeelError(f"{args.model} needs its weights: give --checkpoint PATH (or --random-weights SEED to try the "
                            "pipeline on a seeded random model)")
     check_output_dir(args.out, allowed=None)
-    frames = benchmark_frames(args)
+    frames = benchmark_frames(args, unlabelled=toolkit is not None)  # the toolkit's datasets include the test frames
     with process_group(args.device) as context:
         device = context.device(args.device)
         if args.random_weights is not None:
@@ -130,5 +147,7 @@ def _score_model(args: argparse.Namespace) -> None:
         if context.is_main:
             kept = f", kept {counts['kept']} finished" if counts["kept"] else ""
             shared = f" (rank 0 of {context.world_size})" if context.active else ""
-            print(f"scored {counts['scored']} frame(s){shared}{kept}: {', '.join(settings.scores)} maps in "
-                  f"{Path(args.out)}/<score>/; evaluate with diffeel eval --scores {Path(args.out) / settings.scores[-1]}")
+            where, evaluate = (f"{maps_folder(Path(args.out), settings)}/", args.out) if toolkit else \
+                (f"{Path(args.out)}/<score>/", Path(args.out) / settings.scores[-1])
+            print(f"scored {counts['scored']} frame(s){shared}{kept}: {', '.join(settings.scores)} maps in {where}; "
+                  f"evaluate with diffeel eval --scores {evaluate}")

@@ -49,10 +49,11 @@ def weather_condition(weather: str) -> str:
 
 @dataclass
 class Frame:
-    """One evaluation frame. ``image_path`` may be None where a benchmark ships labels only."""
+    """One evaluation frame. ``image_path`` may be None where a benchmark ships labels only,
+    ``label_path`` None for a test frame whose labels are withheld (SegmentMeIfYouCan's)."""
 
     id: str
-    label_path: Path
+    label_path: Path | None
     image_path: Path | None = None
     metadata: dict = field(default_factory=dict)
     label_mapping: LabelMapping = field(default_factory=LabelMapping)
@@ -60,6 +61,8 @@ class Frame:
 
     def load_label(self) -> np.ndarray:
         """The label map in 0/1/255."""
+        if self.label_path is None:
+            raise DiffeelError(f"frame {self.id} has no label (a test frame: its labels are withheld)")
         try:
             return self.label_mapping.apply(read_label(self.label_path))
         except ValueError as error:
@@ -100,28 +103,31 @@ def _no_frames(root: Path, pattern: str) -> DiffeelError:
 # ---- SegmentMeIfYouCan ------------------------------------------------------------------------
 
 
-def _smiyc(root: Path, track_dir: str, metadata_of: Callable[[str], dict]) -> list[Frame]:
+def _smiyc(root: Path, track_dir: str, metadata_of: Callable[[str], dict], unlabelled: bool = False) -> list[Frame]:
+    """A SegmentMeIfYouCan track's labelled frames; with ``unlabelled``, every image of the track
+    (as the toolkit lists its datasets), the test frames without a label (``label_path`` None)."""
     root = Path(root)
     track = root if root.name == track_dir else root / track_dir
     images = _require_dir(track / "images", "image")
     labels = _require_dir(track / "labels_masks", "label")
     image_files = _files_by_stem(images)
-    frames = []
     suffix = "_labels_semantic"
+    label_files = {}
     for path in sorted(labels.iterdir()):
-        if not path.name.endswith(f"{suffix}.png"):
-            continue  # *_labels_semantic_color.png are visualisations
-        frame_id = path.name[: -len(f"{suffix}.png")]
-        if frame_id not in image_files:
-            raise DiffeelError(f"label {path} has no image {frame_id}.* in {images}")
-        frames.append(Frame(frame_id, path, image_files[frame_id], metadata_of(frame_id)))
+        if path.name.endswith(f"{suffix}.png"):  # *_labels_semantic_color.png are visualisations
+            frame_id = path.name[: -len(f"{suffix}.png")]
+            if frame_id not in image_files:
+                raise DiffeelError(f"label {path} has no image {frame_id}.* in {images}")
+            label_files[frame_id] = path
+    ids = sorted(image_files) if unlabelled else sorted(label_files)
+    frames = [Frame(i, label_files.get(i), image_files[i], metadata_of(i)) for i in ids]
     if not frames:
-        raise _no_frames(track, f"labels_masks/<id>{suffix}.png")
+        raise _no_frames(track, f"labels_masks/<id>{suffix}.png") if not unlabelled else DiffeelError(f"no images found in {images}")
     return frames
 
 
-def load_smiyc_anomaly(root, **_) -> list[Frame]:
-    return _smiyc(root, "dataset_AnomalyTrack", lambda frame_id: {"weather": "clear"})
+def load_smiyc_anomaly(root, unlabelled: bool = False, **_) -> list[Frame]:
+    return _smiyc(root, "dataset_AnomalyTrack", lambda frame_id: {"weather": "clear"}, unlabelled)
 
 
 def _obstacle_metadata(frame_id: str) -> dict:
@@ -130,8 +136,8 @@ def _obstacle_metadata(frame_id: str) -> dict:
     return {"scene": scene, "weather": weather}
 
 
-def load_smiyc_obstacle(root, **_) -> list[Frame]:
-    return _smiyc(root, "dataset_ObstacleTrack", _obstacle_metadata)
+def load_smiyc_obstacle(root, unlabelled: bool = False, **_) -> list[Frame]:
+    return _smiyc(root, "dataset_ObstacleTrack", _obstacle_metadata, unlabelled)
 
 
 # ---- Fishyscapes --------------------------------------------------------------------------------
@@ -184,6 +190,9 @@ ROAD_ANOMALY_MAPPING = LabelMapping({0: 0, 2: 1})  # Lis et al.: 2 = anomaly, no
 # The SegmentMeIfYouCan toolkit counts them as anomalies: --label-map 0:255,1:0,*:1 reproduces that.
 LOST_AND_FOUND_NON_HAZARDS = (31, 33, 34, 36, 37, 38, 39)
 LOST_AND_FOUND_MAPPING = LabelMapping({0: 255, 1: 0, **{i: 255 for i in LOST_AND_FOUND_NON_HAZARDS}, "*": 1})
+# The SegmentMeIfYouCan toolkit's LostAndFound classes: road (1) is the inlier, ids 2..200 anomalies,
+# everything else (0 outside the free space) outside its region of interest.
+LOST_AND_FOUND_TOOLKIT_MAPPING = LabelMapping({1: 0, **{i: 1 for i in range(2, 201)}, "*": 255})
 
 
 def load_road_anomaly(root, **_) -> list[Frame]:

@@ -90,13 +90,14 @@ class ScoreMaps:
         except (OSError, ValueError, zipfile.BadZipFile) as error:
             raise DiffeelError(f"score container {self.path} could not be read ({type(error).__name__})") from error
 
-    def check(self, frame_ids: list[str]) -> None:
-        """Every frame has a score map and every score map a frame; else name the first culprit."""
+    def check(self, frame_ids: list[str], other_frames: list[str] = ()) -> None:
+        """Every frame has a score map and every score map a frame (of ``frame_ids`` or of the
+        benchmark's ``other_frames``, e.g. test frames without labels); else name the first culprit."""
         missing = [i for i in frame_ids if i not in self.ids]
         if missing:
             where = f"{self.path}/{missing[0]}.npy (or .npz/.h5)" if self.files or self.path.is_dir() else f"key {missing[0]!r} of {self.path}"
             raise DiffeelError(f"missing score map for frame {missing[0]}: expected {where}")
-        extra = sorted(self.ids - set(frame_ids))
+        extra = sorted(self.ids - set(frame_ids) - set(other_frames))
         if extra:
             name = self.files[extra[0]].name if extra[0] in self.files else f"key {extra[0]!r}"
             raise DiffeelError(f"score map {name} in {self.path} matches no frame of the benchmark")

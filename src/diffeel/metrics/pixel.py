@@ -15,6 +15,8 @@ image, then the mean over images having both classes) and ``skip_empty`` (pooled
 anomaly pixels left out). ``rpl`` reproduces RPL's published evaluation in one name: each
 score map Gaussian-smoothed (7 taps, σ = 1, reflect padding, as RPL's inference does), pooled
 pixels, step-wise AUPRC (sklearn's ``average_precision_score``) and the "nearest" FPR95.
+``smiyc`` (and ``smiyc-2021``) are the SegmentMeIfYouCan toolkit's binned metrics
+(:mod:`diffeel.metrics.toolkit`), for figures comparable with its leaderboard.
 
 Labels are 0 = inlier, 1 = anomaly, 255 = void (or anything else via ``label_map``). Scores are
 "higher = more anomalous", float16/32/64 (narrower integer dtypes are converted exactly).
@@ -30,6 +32,7 @@ from typing import Mapping
 import numpy as np
 
 from ..labels import LabelMapping
+from . import toolkit
 from ._counts import (
     FLOAT16_PATTERNS,
     KINDS,
@@ -73,8 +76,14 @@ class Protocol:
     per_image: bool = False
     skip_empty: bool = False
     smooth: bool = False  # Gaussian-smooth each score map first (RPL's inference, scores.gaussian_smooth)
+    toolkit: str | None = None  # the SMIYC toolkit's binned metrics, edition "2023" or "2021" (metrics.toolkit)
 
     def __post_init__(self):
+        if self.toolkit is not None:
+            if self.toolkit not in toolkit.EDITIONS:
+                raise ValueError(f"toolkit must be one of {', '.join(toolkit.EDITIONS)}, got {self.toolkit!r}")
+            if self.per_image or self.skip_empty or self.smooth:
+                raise ValueError("the toolkit's binned metrics pool every frame as they are; no per_image, skip_empty or smooth")
         if self.fpr95 not in ("first", "nearest"):
             raise ValueError(f"fpr95 must be 'first' or 'nearest', got {self.fpr95!r}")
         if self.auprc not in ("step", "trapezoid"):
@@ -108,6 +117,8 @@ PROTOCOLS: dict[str, Protocol] = {
     "per_image": Protocol("per_image", per_image=True),
     "skip_empty": Protocol("skip_empty", skip_empty=True),
     "rpl": Protocol("rpl", fpr95="nearest", smooth=True),
+    "smiyc": Protocol("smiyc", toolkit="2023"),
+    "smiyc-2021": Protocol("smiyc-2021", toolkit="2021"),
 }
 
 
@@ -258,6 +269,7 @@ class PixelMetrics:
         self._histogram: np.ndarray | None = None  # float16: (2, 65536) int64, rows inlier/anomaly
         self._classes: tuple[SparseCounts, SparseCounts] | None = None  # float32/64: inlier, anomaly
         self._per_image: list[tuple[float, float, float]] = []
+        self._frame_bins: list[toolkit.FrameBins] = []  # toolkit protocols: one histogram per frame, in order
         self.n_images = 0
         self.n_images_skipped = 0
         self.n_void = 0
@@ -284,7 +296,7 @@ class PixelMetrics:
         """Bytes held by the count state (constant for float16; distinct values for float32/64)."""
         held = 0 if self._histogram is None else self._histogram.nbytes
         held += 0 if self._classes is None else sum(counts.nbytes for counts in self._classes)
-        return held + 24 * len(self._per_image)
+        return held + 24 * len(self._per_image) + sum(bins.nbytes for bins in self._frame_bins)
 
     # ---- update ------------------------------------------------------------------------------
 
@@ -306,7 +318,7 @@ class PixelMetrics:
             scores = scores.astype(KINDS[self._kind][0])  # exact widening
 
         batched = scores.ndim == 3
-        if batched and not (self.protocol.per_image or self.protocol.skip_empty):
+        if batched and not (self.protocol.per_image or self.protocol.skip_empty or self.protocol.toolkit):
             self._add_counts(scores, codes)
             self.n_images += scores.shape[0]
             return self
@@ -320,6 +332,9 @@ class PixelMetrics:
             self.n_images_skipped += 1
             return
         _, anomaly_counts, at_least, equal, n_inlier = self._add_counts(scores, codes)
+        if self.protocol.toolkit:
+            roi = codes != _CODE_VOID
+            self._frame_bins.append(toolkit.frame_bins(scores[roi], codes[roi] == _CODE_ANOMALY, self.protocol.toolkit))
         if self.protocol.per_image:
             if len(anomaly_counts) == 0 or n_inlier == 0:
                 self._per_image.append((math.nan, math.nan, math.nan))
@@ -388,6 +403,7 @@ class PixelMetrics:
                     for run in source.runs:
                         target.add_run(run)
         self._per_image.extend(other._per_image)
+        self._frame_bins.extend(other._frame_bins)  # after this state's frames: merge in frame order
         self.n_images += other.n_images
         self.n_images_skipped += other.n_images_skipped
         self.n_void += other.n_void
@@ -435,6 +451,10 @@ class PixelMetrics:
                 stacklevel=2,
             )
             return result
+        if self.protocol.toolkit:
+            binned = toolkit.binned_metrics(self._frame_bins, self.protocol.toolkit)
+            result.update({key: binned[key] for key in ("auprc", "fpr95", "auroc", "best_f1", "fpr95_threshold", "best_f1_threshold")})
+            return result
         pooled = metrics_from_counts(anomaly_counts, at_least, equal, n_inlier, self.protocol)
         values = from_keys(keys[[pooled["fpr95_index"], pooled["best_f1_index"]]], self._kind)
         result.update(
@@ -465,7 +485,10 @@ class PixelMetrics:
         return means
 
     def curves(self) -> dict:
-        """The exact PR and ROC curves over all distinct thresholds (descending), for plots."""
+        """The exact PR and ROC curves over all distinct thresholds (descending), for plots; the
+        toolkit's binned curve for its protocols (when both classes are present)."""
+        if self.protocol.toolkit and any(b.n_anomaly for b in self._frame_bins) and any(b.n_inlier for b in self._frame_bins):
+            return toolkit.binned_metrics(self._frame_bins, self.protocol.toolkit)["curve"]
         if self._kind is None:
             inlier = anomaly = np.zeros(0, dtype=np.int64)
             keys = np.zeros(0, dtype=np.uint16)

@@ -1,0 +1,178 @@
+"""The SegmentMeIfYouCan toolkit: its files (written and read), its binned protocol, submissions.
+
+The fixtures under tests/data/smiyc were written by the toolkit's own code
+(tests/official/record_smiyc_toolkit.py): its datasets' layout, the score maps its
+``Evaluation.save_output`` wrote, and its ``PixBinaryClass`` results in both editions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from diffeel.cli import main
+from diffeel.data.score_maps import read_score_file
+from diffeel.data.toolkit_layout import write_toolkit_map
+from diffeel.metrics import PixelMetrics
+
+FIXTURES = Path(__file__).parent / "data" / "smiyc"
+RECORDED = json.loads((FIXTURES / "toolkit_results.json").read_text())
+TREE = FIXTURES / "outputs"
+BENCHMARKS = {  # diffeel benchmark → (root, the toolkit's dataset)
+    "smiyc-obstacle": (FIXTURES / "datasets", "ObstacleTrack-all"),
+    "smiyc-anomaly": (FIXTURES / "datasets" / "dataset_AnomalyTrack", "AnomalyTrack-all"),
+    "laf": (FIXTURES / "datasets" / "dataset_LostAndFound", "LostAndFound-test"),
+}
+EDITIONS = {"smiyc": "2023", "smiyc-2021": "2021"}
+
+
+def run(*args) -> tuple[int, str, str]:
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def evaluate(tmp_path: Path, benchmark: str, scores, *extra) -> dict:
+    out = tmp_path / f"eval-{len(list(tmp_path.iterdir()))}"
+    code, _, err = run("eval", "--benchmark", benchmark, "--root", BENCHMARKS[benchmark][0], "--scores", scores,
+                       "--out", out, "--quiet", *extra)
+    assert code == 0, err
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.parametrize("protocol", sorted(EDITIONS))
+@pytest.mark.parametrize("benchmark", sorted(BENCHMARKS))
+def test_the_binned_protocol_equals_the_toolkits_recorded_results(tmp_path, benchmark, protocol):
+    expected = RECORDED["results"][EDITIONS[protocol]][BENCHMARKS[benchmark][1]]
+    results = evaluate(tmp_path, benchmark, TREE, "--protocol", protocol)
+    overall = results["all"]
+    assert results["method"] == RECORDED["method"] and overall["n_frames"] == len(expected["frames"])
+    for ours, theirs in (("auprc", "area_PRC"), ("fpr95", "tpr95_fpr"), ("auroc", "area_ROC"), ("best_f1", "best_f1"),
+                         ("fpr95_threshold", "tpr95_threshold"), ("best_f1_threshold", "best_f1_threshold")):
+        assert overall[ours] == pytest.approx(expected[theirs], abs=1e-9), ours
+
+
+def test_the_binned_protocols_are_not_the_exact_one(tmp_path):
+    """A wrong dispatch (the exact metrics under the toolkit's name) fails here: on the fixtures
+    the binned AP differs from the exact one by far more than the 1e-9 the recorded results are held to."""
+    exact = evaluate(tmp_path, "smiyc-obstacle", TREE)["all"]
+    binned = evaluate(tmp_path, "smiyc-obstacle", TREE, "--protocol", "smiyc")["all"]
+    old = evaluate(tmp_path, "smiyc-obstacle", TREE, "--protocol", "smiyc-2021")["all"]
+    assert abs(exact["auprc"] - binned["auprc"]) > 1e-5 and abs(binned["auprc"] - old["auprc"]) > 1e-3
+    assert exact["n_pixels"] == binned["n_pixels"]  # the same pixels, counted another way
+
+
+def test_lostandfound_under_the_toolkit_protocol_takes_the_toolkits_classes(tmp_path):
+    """The toolkit counts LostAndFound's non-hazard ids as obstacles; diffeel's default leaves them void."""
+    toolkit = evaluate(tmp_path, "laf", TREE, "--protocol", "smiyc")
+    default = evaluate(tmp_path, "laf", TREE)
+    assert toolkit["all"]["n_anomaly"] > default["all"]["n_anomaly"]
+    assert "toolkit's LostAndFound classes" in toolkit["config"]["labels"]
+    same = evaluate(tmp_path, "laf", TREE, "--protocol", "smiyc", "--label-map", "1:0,0:255,*:1")
+    assert "labels" not in same["config"] and same["all"]["n_anomaly"] == toolkit["all"]["n_anomaly"]
+
+
+def test_workers_and_batches_give_the_toolkits_numbers(tmp_path, rng):
+    one = evaluate(tmp_path, "smiyc-obstacle", TREE, "--protocol", "smiyc")["all"]
+    two = evaluate(tmp_path, "smiyc-obstacle", TREE, "--protocol", "smiyc", "--jobs", "2")["all"]
+    assert {k: one[k] for k in ("auprc", "fpr95", "auroc")} == {k: two[k] for k in ("auprc", "fpr95", "auroc")}
+    scores = rng.random((3, 20, 30)).astype(np.float16)
+    labels = (rng.random((3, 20, 30)) < 0.1).astype(np.uint8)
+    labels[:, :2] = 255
+    batched = PixelMetrics("smiyc").update(scores, labels).compute()
+    frame_by_frame = PixelMetrics("smiyc")
+    for score, label in zip(scores, labels):
+        frame_by_frame.update(score, label)
+    assert batched["auprc"] == frame_by_frame.compute()["auprc"]
+
+
+def test_diffeel_writes_the_toolkits_files(tmp_path):
+    """The same dataset, dtype and compression as a file the toolkit's Evaluation wrote; the
+    recording script checked that the toolkit's loader reads diffeel's file back unchanged."""
+    toolkit_file = next((TREE / "anomaly_p" / RECORDED["method"] / "ObstacleTrack-all").glob("*.hdf5"))
+    with h5py.File(toolkit_file) as handle:
+        theirs = handle["value"]
+        values, properties = theirs[()], (theirs.dtype, theirs.compression, theirs.compression_opts, theirs.shape)
+    write_toolkit_map(tmp_path / "ours.hdf5", values.astype(np.float32))
+    with h5py.File(tmp_path / "ours.hdf5") as handle:
+        assert list(handle) == ["value"]
+        ours = handle["value"]
+        assert (ours.dtype, ours.compression, ours.compression_opts, ours.shape) == properties == (np.float16, "gzip", 9, values.shape)
+        assert np.array_equal(ours[()], values)
+    recorded = FIXTURES / "diffeel_written.hdf5"  # diffeel's file that the toolkit's loader read in the recording
+    write_toolkit_map(tmp_path / "probe.hdf5", np.linspace(-3, 5, 48 * 80, dtype=np.float32).reshape(48, 80))
+    assert np.array_equal(read_score_file(tmp_path / "probe.hdf5"), read_score_file(recorded))
+    with pytest.raises(Exception, match="float16's range"):
+        write_toolkit_map(tmp_path / "huge.hdf5", np.full((2, 2), 1e6, np.float32))
+    assert not (tmp_path / "huge.hdf5").exists()
+
+
+def test_score_writes_the_layout_resumably_and_eval_reads_it_back_losslessly(tmp_path):
+    """diffeel → toolkit layout → diffeel: the same numbers as the default layout's float16 maps;
+    the AnomalyTrack's test frame (no label) is scored at its image's size and left out of eval."""
+    model = ["--model", "small_deeplab", "--random-weights", "1", "--benchmark", "smiyc-anomaly",
+             "--root", BENCHMARKS["smiyc-anomaly"][0], "--quiet"]
+    code, _, err = run("score", *model, "--layout", "smiyc", "--method", "Mine", "--scores", "eel", "--out", tmp_path / "tree")
+    assert code == 0, err
+    folder = tmp_path / "tree" / "anomaly_p" / "Mine" / "AnomalyTrack-all"
+    assert sorted(p.name for p in folder.glob("*.hdf5")) == ["animal_0.hdf5", "debris_1.hdf5", "testframe_2.hdf5"]
+    assert read_score_file(folder / "testframe_2.hdf5").shape == (48, 80)
+    stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.hdf5")}
+    (folder / "debris_1.hdf5").unlink()  # an interrupted run: rerun scores only what is missing
+    code, out, _ = run("score", *model, "--layout", "smiyc", "--method", "Mine", "--scores", "eel", "--out", tmp_path / "tree")
+    assert code == 0 and "kept 2" in out
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.hdf5") if p.name != "debris_1.hdf5"} == \
+        {k: v for k, v in stamps.items() if k != "debris_1.hdf5"}
+    assert run("score", *model, "--scores", "eel", "--out", tmp_path / "plain")[0] == 0
+    for name in ("animal_0", "debris_1"):
+        assert np.array_equal(read_score_file(folder / f"{name}.hdf5"), np.load(tmp_path / "plain" / "eel" / f"{name}.npy"))
+    from_tree = evaluate(tmp_path, "smiyc-anomaly", tmp_path / "tree")
+    from_plain = evaluate(tmp_path, "smiyc-anomaly", tmp_path / "plain" / "eel")
+    assert from_tree["method"] == "Mine" and from_tree["all"]["n_frames"] == 2
+    assert {k: from_tree["all"][k] for k in ("auprc", "fpr95", "auroc")} == {k: from_plain["all"][k] for k in ("auprc", "fpr95", "auroc")}
+
+
+def test_eval_of_a_tree_picks_the_method_and_names_what_is_wrong(tmp_path):
+    tree = tmp_path / "outputs"
+    shutil.copytree(TREE, tree)
+    shutil.copytree(tree / "anomaly_p" / RECORDED["method"], tree / "anomaly_p" / "Other")
+    root = BENCHMARKS["smiyc-obstacle"][0]
+    code, _, err = run("eval", "--benchmark", "smiyc-obstacle", "--root", root, "--scores", tree, "--out", tmp_path / "e", "--quiet")
+    assert code == 2 and "name one with --method" in err and "Other" in err
+    assert evaluate(tmp_path, "smiyc-obstacle", tree, "--method", "Other")["method"] == "Other"
+    assert evaluate(tmp_path, "smiyc-obstacle", tree / "anomaly_p", "--method", "Other")["method"] == "Other"
+    (tree / "anomaly_p" / "Other" / "ObstacleTrack-all" / "stray_frame.hdf5").write_bytes(
+        (tree / "anomaly_p" / "Other" / "ObstacleTrack-all" / "gravel_2_a.hdf5").read_bytes())
+    code, _, err = run("eval", "--benchmark", "smiyc-obstacle", "--root", root, "--scores", tree, "--method", "Other",
+                       "--out", tmp_path / "e", "--quiet")
+    assert code == 2 and "stray_frame.hdf5" in err and "matches no frame" in err
+    code, _, err = run("eval", "--benchmark", "smiyc-obstacle", "--root", root, "--scores", tmp_path, "--layout", "smiyc",
+                       "--out", tmp_path / "e", "--quiet")
+    assert code == 2 and "no anomaly_p folder" in err
+    code, _, err = run("eval", "--benchmark", "smiyc-obstacle", "--root", root, "--scores", TREE, "--protocol", "smiyc",
+                       "--bootstrap", "10", "--out", tmp_path / "e", "--quiet")
+    assert code == 2 and "--bootstrap" in err and not (tmp_path / "e").exists()
+
+
+def test_score_refuses_what_the_layout_cannot_hold(tmp_path):
+    base = ["score", "--model", "small_deeplab", "--random-weights", "0", "--benchmark", "smiyc-anomaly",
+            "--root", BENCHMARKS["smiyc-anomaly"][0], "--out", tmp_path / "t", "--quiet"]
+    for extra, message in ((["--layout", "smiyc", "--scores", "eel"], "needs --method"),
+                           (["--layout", "smiyc", "--method", "M"], "name the score with --scores"),
+                           (["--layout", "smiyc", "--method", "M", "--scores", "eel,msp"], "one map per frame"),
+                           (["--layout", "smiyc", "--method", "../up", "--scores", "eel"], "cannot name a folder"),
+                           (["--layout", "smiyc", "--method", "M", "--scores", "eel", "--dtype", "float32"], "float16"),
+                           (["--method", "M"], "with --layout smiyc")):
+        code, _, err = run(*base, *extra)
+        assert code == 2 and message in err, (extra, err)
+    code, _, err = run(*base[:6], "comsamy", "--root", tmp_path, "--layout", "smiyc", "--method", "M", "--scores", "eel",
+                       "--out", tmp_path / "t")
+    assert code == 2 and ("no dataset for comsamy" in err or "does not exist" in err)
+    assert not (tmp_path / "t").exists()
