@@ -176,3 +176,73 @@ def test_score_refuses_what_the_layout_cannot_hold(tmp_path):
                        "--out", tmp_path / "t")
     assert code == 2 and ("no dataset for comsamy" in err or "does not exist" in err)
     assert not (tmp_path / "t").exists()
+
+
+@pytest.fixture
+def fixture_counts(monkeypatch):
+    """The fixture's datasets are small: the toolkit's frame counts, scaled down to theirs."""
+    import diffeel.data.toolkit_layout as layout
+
+    monkeypatch.setitem(layout.FRAME_COUNTS, "AnomalyTrack-all", 3)
+    monkeypatch.setitem(layout.FRAME_COUNTS, "LostAndFound-test", 3)
+    for split, number in {"test": 3, "night": 1, "snowstorm": 1, "validation": 1}.items():
+        monkeypatch.setitem(layout.OBSTACLE_SPLIT_COUNTS, split, number)
+
+
+def submit(tree, out, *extra):
+    return run("submit", "smiyc", "--scores", tree, "--root", FIXTURES / "datasets", "--out", out, "--quiet", *extra)
+
+
+def test_a_submission_holds_exactly_every_frames_map_byte_for_byte(tmp_path, fixture_counts):
+    import zipfile
+
+    tree = tmp_path / "outputs"
+    shutil.copytree(TREE, tree)
+    (tree / "anomaly_p" / RECORDED["method"] / "AnomalyTrack-all" / "score_config.json").write_text("{}")
+    code, out, err = submit(tree, tmp_path / "a.zip")
+    assert code == 0, err and "9 maps" in out
+    with zipfile.ZipFile(tmp_path / "a.zip") as archive:
+        names = archive.namelist()
+        expected = sorted(str(p.relative_to(tree)) for d in ("AnomalyTrack-all", "ObstacleTrack-all")
+                          for p in (tree / "anomaly_p" / RECORDED["method"] / d).glob("*.hdf5"))
+        assert names == expected and len(names) == 9  # the test frame without a label included, the config not
+        assert all(archive.read(name) == (tree / name).read_bytes() for name in names)
+    assert submit(tree, tmp_path / "b.zip")[0] == 0
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()  # the same maps, the same archive
+    code, _, err = submit(tree, tmp_path / "a.zip")
+    assert code == 2 and "--overwrite" in err
+    code, out, err = run("submit", "smiyc", "--scores", tree, "--root", FIXTURES / "datasets", "--benchmarks", "smiyc-obstacle,laf",
+                         "--laf-root", BENCHMARKS["laf"][0], "--out", tmp_path / "c.zip", "--quiet")
+    assert code == 0 and "LostAndFound-test 3" in out, err
+
+
+def test_each_missing_or_malformed_map_is_one_sentence_and_nothing_is_written(tmp_path, fixture_counts):
+    tree = tmp_path / "outputs"
+    shutil.copytree(TREE, tree)
+    folder = tree / "anomaly_p" / RECORDED["method"] / "ObstacleTrack-all"
+    (folder / "gravel_2_a.hdf5").unlink()
+    write_toolkit_map(folder / "driveway_1_a.hdf5", np.zeros((24, 80), np.float32))
+    with h5py.File(folder / "motorway_3_empty.hdf5", "w") as handle:
+        handle.create_dataset("value", data=np.full((48, 80), np.nan, np.float16))
+    (folder / "snowstorm1_4_a.hdf5").write_bytes(b"not hdf5")
+    with h5py.File(folder / "validation_5_a.hdf5", "w") as handle:
+        handle.create_dataset("scores", data=np.zeros((48, 80), np.float16))
+    shutil.copy(folder / "curvy-street_0_a.hdf5", folder / "curvy-street_9_z.hdf5")
+    code, _, err = submit(tree, tmp_path / "s.zip")
+    lines = err.strip().splitlines()
+    assert code == 2 and not (tmp_path / "s.zip").exists() and not list(tmp_path.glob(".s.zip*"))
+    for frame, words in (("gravel_2_a", "no map"), ("driveway_1_a", "shape (24, 80)"), ("motorway_3_empty", "NaN or infinite"),
+                         ("snowstorm1_4_a", "not a readable HDF5"), ("validation_5_a", "no 'value' dataset"),
+                         ("curvy-street_9_z", "matches no frame")):
+        assert sum(frame in line and words in line for line in lines) == 1, (frame, err)
+    assert "6 problem(s)" in lines[-1] and "no archive was written" in lines[-1]
+
+
+def test_a_submission_refuses_an_incomplete_dataset_copy_and_unknown_tracks(tmp_path):
+    code, _, err = submit(TREE, tmp_path / "s.zip")
+    assert code == 2 and "3 frames where the toolkit lists 110" in err
+    for extra, words in ((["--benchmarks", "comsamy"], "--benchmarks takes"), (["--benchmarks", "laf"], "needs --laf-root"),
+                         (["--method", "Nobody"], "--method Nobody is not among them")):
+        code, _, err = submit(TREE, tmp_path / "s.zip", *extra)
+        assert code == 2 and words in err, (extra, err)
+    assert not (tmp_path / "s.zip").exists()

@@ -11,10 +11,10 @@ import sys
 
 from .. import __version__
 from ..errors import DiffeelError
-from . import compare, demo, evaluate, models, score, stats, synth, train, weather, world
+from . import compare, demo, evaluate, models, score, stats, submit, synth, train, weather, world
 
 # In the order of ``diffeel --help``.
-COMMAND_MODULES = (score, evaluate, compare, stats, demo, train, models, synth, world, weather)
+COMMAND_MODULES = (score, evaluate, compare, stats, submit, demo, train, models, synth, world, weather)
 # Commands that keep finished work after an interrupt and pick it up when rerun.
 RESUMABLE = {name for module in COMMAND_MODULES for name in module.RESUMABLE}
 
@@ -41,7 +41,7 @@ def _raise_terminated(signum, frame):
 
 def _command_name(args: argparse.Namespace) -> str:
     sub = (getattr(args, "world_command", None) or getattr(args, "weather_command", None) or getattr(args, "synth_command", None)
-           or getattr(args, "models_command", None))
+           or getattr(args, "models_command", None) or getattr(args, "submit_command", None))
     return f"{args.command} {sub}" if sub else args.command
 
 

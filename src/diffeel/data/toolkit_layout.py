@@ -87,13 +87,128 @@ def toolkit_scores_folder(scores, benchmark: str, method: str | None = None) -> 
     if not tree.is_dir():
         raise DiffeelError(f"{scores} is not a toolkit tree: it holds no {ANOMALY_P} folder")
     methods = sorted(p.name for p in tree.iterdir() if p.is_dir())
-    if method is None or method not in methods:
+    if method is not None and method not in methods:
+        raise DiffeelError(f"{tree} holds the maps of {', '.join(methods[:5]) or 'no method'}; --method {method} is not among them")
+    if method is None:
         if len(methods) != 1:
-            named = f"--method {method} is not among them; " if method else ""
-            raise DiffeelError(f"{tree} holds the maps of {len(methods)} methods ({', '.join(methods[:5])}); {named}"
-                               "name one with --method")
+            raise DiffeelError(f"{tree} holds the maps of {len(methods)} methods ({', '.join(methods[:5])}); name one with --method")
         method = methods[0]
     folder = tree / method / toolkit_dataset(benchmark)
     if not folder.is_dir():
         raise DiffeelError(f"{tree / method} has no {toolkit_dataset(benchmark)} folder: no maps of {benchmark} by {method}")
     return folder
+
+
+# ---- test-server submissions ------------------------------------------------------------------
+
+# The toolkit's frame counts (its configs' expected_length) for the datasets a submission holds;
+# ObstacleTrack-all has none of its own, so its splits are counted. A copy of a dataset missing
+# frames would leave frames out of a submission unnoticed.
+OBSTACLE_SPLIT_COUNTS = {"test": 327, "night": 30, "snowstorm": 55, "validation": 30}
+FRAME_COUNTS = {"AnomalyTrack-all": 110, "LostAndFound-test": 1203}
+_OBSTACLE_VALIDATION_LEFT_OUT = ("validation_19", *(f"validation_2{digit}" for digit in range(1, 10)))
+
+
+def obstacle_split(frame_id: str) -> str | None:
+    """The toolkit's ObstacleTrack split of a frame (by its scene prefix); None for validation
+    frames its validation split leaves out."""
+    scene = frame_id.split("_", 1)[0]
+    if scene in ("snowstorm1", "snowstorm2"):
+        return "snowstorm"
+    if scene == "driveway":
+        return "night"
+    if scene == "validation":
+        return None if frame_id.startswith(_OBSTACLE_VALIDATION_LEFT_OUT) else "validation"
+    return "test"
+
+
+def check_dataset_complete(dataset: str, frame_ids: list[str]) -> None:
+    """The dataset copy has the toolkit's number of frames, or one sentence."""
+    if dataset == "ObstacleTrack-all":
+        counts = {split: 0 for split in OBSTACLE_SPLIT_COUNTS}
+        for frame_id in frame_ids:
+            split = obstacle_split(frame_id)
+            if split:
+                counts[split] += 1
+        expected = OBSTACLE_SPLIT_COUNTS
+    else:
+        counts, expected = {"all": len(frame_ids)}, {"all": FRAME_COUNTS[dataset]}
+    for split, number in expected.items():
+        if counts[split] != number:
+            part = "" if split == "all" else f" {split}"
+            raise DiffeelError(f"the dataset copy for {dataset} has {counts[split]}{part} frames where the toolkit lists "
+                               f"{number}: complete the download before packaging a submission")
+
+
+def map_problem(path: Path, size: tuple[int, int]) -> str | None:
+    """Why the toolkit's map at ``path`` cannot go to the server for an image of ``(width,
+    height)``, or None."""
+    import h5py
+
+    if not path.is_file():
+        return f"{path.stem}: no map ({path} is missing)"
+    try:
+        with h5py.File(path, "r") as handle:
+            if HDF5_KEY not in handle or not isinstance(handle[HDF5_KEY], h5py.Dataset):
+                return f"{path.stem}: {path.name} holds no '{HDF5_KEY}' dataset, where the toolkit reads the map"
+            value = handle[HDF5_KEY][()]
+    except OSError as error:
+        return f"{path.stem}: {path.name} is not a readable HDF5 file ({type(error).__name__})"
+    width, height = size
+    if np.squeeze(value).shape != (height, width):
+        return f"{path.stem}: the map has shape {value.shape}, the image is {height}x{width} (height x width)"
+    if value.dtype.kind != "f":
+        return f"{path.stem}: the map holds {value.dtype} values, not float scores"
+    if not np.isfinite(value).all():
+        return f"{path.stem}: the map holds {int(np.count_nonzero(~np.isfinite(value)))} NaN or infinite values"
+    return None
+
+
+def submission_problems(root, method: str, frames: dict[str, list], progress: bool = False) -> list[str]:
+    """One sentence per map of ``frames`` (``{dataset: [Frame, …]}``, every frame of each dataset)
+    that is missing or malformed in ``root``'s toolkit tree, and per map there of no such frame."""
+    from tqdm import tqdm
+
+    from .images import image_size
+
+    problems = []
+    with tqdm(total=sum(map(len, frames.values())), desc="checking maps", unit="map", disable=not progress) as bar:
+        for dataset, dataset_frames in frames.items():
+            folder = toolkit_maps_folder(root, method, dataset)
+            for frame in dataset_frames:
+                problem = map_problem(folder / f"{frame.id}.hdf5", image_size(frame.image_path))
+                if problem:
+                    problems.append(f"{dataset}/{problem}")
+                bar.update(1)
+            known = {frame.id for frame in dataset_frames}
+            problems += [f"{dataset}/{path.name} matches no frame of the dataset" for path in sorted(folder.glob("*.hdf5"))
+                         if path.stem not in known]
+    return problems
+
+
+def write_submission(path, root, method: str, frames: dict[str, list[str]]) -> dict:
+    """Zip the maps ``anomaly_p/<method>/<dataset>/<frame id>.hdf5`` of ``root``'s toolkit tree for
+    ``frames`` (``{dataset: frame ids}``), nothing else; in name order with a fixed date, so the
+    same maps give the same archive; atomically. Returns the number of maps, the archive's size and
+    SHA-256."""
+    import hashlib
+    import zipfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    count = 0
+    try:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive:  # the maps are gzip already
+            for dataset, frame_ids in frames.items():
+                for frame_id in sorted(frame_ids):
+                    entry = zipfile.ZipInfo(f"{ANOMALY_P}/{method}/{dataset}/{frame_id}.hdf5", date_time=(1980, 1, 1, 0, 0, 0))
+                    entry.external_attr = 0o644 << 16
+                    archive.writestr(entry, (toolkit_maps_folder(root, method, dataset) / f"{frame_id}.hdf5").read_bytes())
+                    count += 1
+        digest = hashlib.sha256(temporary.read_bytes()).hexdigest()
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return {"maps": count, "sha256": digest, "bytes": path.stat().st_size}
