@@ -246,3 +246,43 @@ def test_a_submission_refuses_an_incomplete_dataset_copy_and_unknown_tracks(tmp_
         code, _, err = submit(TREE, tmp_path / "s.zip", *extra)
         assert code == 2 and words in err, (extra, err)
     assert not (tmp_path / "s.zip").exists()
+
+
+def test_lostandfound_subsets_are_the_toolkits_selections(tmp_path):
+    """testValid leaves out the frames at the toolkit's positions in id order, testNoKnown also the
+    sequences with known objects; both need the whole test split; eval accepts a tree holding
+    the maps of every test frame."""
+    from PIL import Image
+
+    from diffeel.data.benchmarks import LOST_AND_FOUND_INVALID_POSITIONS, load_benchmark
+
+    known = [f"01_Hanns_Klemm_Str_45_000006_{k:06d}" for k in range(100)]  # first in id order
+    others = [f"02_Somewhere_{k:06d}_000000" for k in range(1103)]
+    label = np.ones((2, 2), np.uint8)
+    label[0, 0] = 5
+    for frame_id in reversed(known + others):  # written out of order: the selection sorts by id
+        scene = frame_id[:21] if frame_id.startswith("01") else "02_Somewhere"
+        for folder, suffix in (("gtCoarse", "gtCoarse_labelIds"), ("leftImg8bit", "leftImg8bit")):
+            (tmp_path / "laf" / folder / "test" / scene).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(label).save(tmp_path / "laf" / folder / "test" / scene / f"{frame_id}_{suffix}.png")
+    ids = known + others
+    valid = [f.id for f in load_benchmark("laf", tmp_path / "laf", subset="testValid")]
+    assert valid == [i for position, i in enumerate(ids) if position not in LOST_AND_FOUND_INVALID_POSITIONS]
+    assert len(valid) == 1186 and ids[17] not in valid and ids[16] in valid and ids[793] not in valid
+    no_known = [f.id for f in load_benchmark("laf", tmp_path / "laf", subset="testNoKnown")]
+    assert no_known == [i for i in valid if not i.startswith("01_Hanns_Klemm_Str_45_000006")] and len(no_known) == 1091
+    scores = tmp_path / "tree" / "anomaly_p" / "M" / "LostAndFound-test"
+    scores.mkdir(parents=True)
+    for frame_id in ids:
+        write_toolkit_map(scores / f"{frame_id}.hdf5", label.astype(np.float32))
+    code, _, err = run("eval", "--benchmark", "laf", "--root", tmp_path / "laf", "--subset", "testNoKnown", "--scores",
+                       tmp_path / "tree", "--protocol", "smiyc", "--out", tmp_path / "e", "--quiet")
+    assert code == 0, err
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert results["all"]["n_frames"] == 1091 and results["config"]["subset"] == "testNoKnown"
+    (tmp_path / "laf" / "gtCoarse" / "test" / "02_Somewhere" / f"{others[0]}_gtCoarse_labelIds.png").unlink()
+    with pytest.raises(Exception, match="holds 1202"):
+        load_benchmark("laf", tmp_path / "laf", subset="testNoKnown")
+    code, _, err = run("eval", "--benchmark", "smiyc-obstacle", "--root", FIXTURES / "datasets", "--subset", "testValid",
+                       "--scores", TREE, "--out", tmp_path / "e2", "--quiet")
+    assert code == 2 and "--subset selects LostAndFound test frames" in err

@@ -154,9 +154,10 @@ def _summary(metrics: PixelMetrics) -> dict:
     return result
 
 
-def evaluate(frames: list[Frame], scores_path, options: EvalOptions | None = None) -> tuple[dict, dict]:
+def evaluate(frames: list[Frame], scores_path, options: EvalOptions | None = None, other_frames=()) -> tuple[dict, dict]:
     """Evaluate ``frames`` against the score maps at ``scores_path``. Frames without a label
-    (withheld test frames) are not evaluated; their maps may be there.
+    (withheld test frames) are not evaluated; their maps may be there, and so may maps of the
+    ids in ``other_frames`` (frames of the dataset outside the selection evaluated).
 
     Returns ``(results, curves)``: results as plain data (fractions; ``results["all"]`` pooled over
     every frame, ``results["groups"][field][value]`` per group) and the exact curves of the whole
@@ -175,7 +176,7 @@ def evaluate(frames: list[Frame], scores_path, options: EvalOptions | None = Non
         raise DiffeelError("the benchmark lists no labelled frames to evaluate")
     check_group_fields(frames, options.group_by)
     scores_path = str(scores_path)
-    ScoreMaps(scores_path).check([frame.id for frame in frames], unlabelled)
+    ScoreMaps(scores_path).check([frame.id for frame in frames], [*unlabelled, *other_frames])
     jobs = worker_count(options.jobs)
     chunks = split(frames, jobs * 4 if jobs > 1 else 1)
     timings = {}

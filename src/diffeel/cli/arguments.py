@@ -7,6 +7,8 @@ import json
 import math
 import re
 
+from ..errors import DiffeelError
+
 
 def count(minimum: int):
     """An argparse type: a whole number of at least ``minimum``."""
@@ -99,6 +101,9 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser, required: bool = Tr
     parser.add_argument("--images", help="image folder (folder benchmark: relative to --root; fs-laf/fs-static: dataset root)")
     parser.add_argument("--labels", help="label folder relative to --root (folder benchmark; default labels_masks)")
     parser.add_argument("--label-map", help="label value mapping for the folder benchmark, e.g. 2:1,0:0,*:255")
+    parser.add_argument("--subset", choices=("testValid", "testNoKnown"),
+                        help="laf: the SegmentMeIfYouCan toolkit's selection of the 1203 test frames (testNoKnown: its "
+                        "obstacle track's LostAndFound, 1043 frames; testValid: 1186)")
 
 
 def benchmark_frames(args: argparse.Namespace, unlabelled: bool = False, label_map=None):
@@ -109,8 +114,11 @@ def benchmark_frames(args: argparse.Namespace, unlabelled: bool = False, label_m
 
     if getattr(args, "label_map", None):
         label_map = LabelMapping.parse(args.label_map)
+    subset = getattr(args, "subset", None)
+    if subset and args.benchmark != "laf":
+        raise DiffeelError(f"--subset selects LostAndFound test frames (--benchmark laf), not frames of {args.benchmark}")
     return load_benchmark(args.benchmark, args.root, images=args.images, labels=args.labels, label_map=label_map,
-                          unlabelled=unlabelled or None)
+                          unlabelled=unlabelled or None, subset=subset)
 
 
 def add_output_argument(parser: argparse.ArgumentParser, help: str = "output folder", **options) -> None:

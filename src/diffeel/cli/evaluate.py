@@ -60,12 +60,14 @@ def run(args: argparse.Namespace) -> None:
         group_by = tuple(g.strip() for g in args.group_by.split(",") if g.strip())
     options = EvalOptions(group_by=group_by, protocol=args.protocol, resize=args.resize, components=args.components,
                           bootstrap=args.bootstrap, seed=args.seed, jobs=args.jobs, progress=not args.quiet)
-    results, curves = evaluate(frames, scores, options)
+    # a LostAndFound subset of a toolkit tree: the maps of the other test frames are there too
+    others = [frame.id for frame in benchmark_frames(argparse.Namespace(**{**vars(args), "subset": None}))] if args.subset else ()
+    results, curves = evaluate(frames, scores, options, other_frames=others)
     overall = results["all"]
     results = {"method": method, "benchmark": args.benchmark, "protocol": args.protocol, **results}
     results["config"] = {"root": str(args.root), "scores": str(scores), "group_by": list(options.group_by),
                          "resize": args.resize, "components": args.components, "bootstrap": args.bootstrap,
-                         "seed": args.seed, "n_frames": overall["n_frames"]}
+                         "seed": args.seed, "n_frames": overall["n_frames"], "subset": args.subset}
     if toolkit_labels:
         results["config"]["labels"] = "the toolkit's LostAndFound classes (1 road, 2..200 objects, else void)"
     write_eval_run(args.out, results, curves)

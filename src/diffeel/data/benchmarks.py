@@ -212,7 +212,35 @@ def load_road_anomaly(root, **_) -> list[Frame]:
     return frames
 
 
-def load_lost_and_found(root, split: str = "test", label_map=None, **_) -> list[Frame]:
+# The SegmentMeIfYouCan toolkit's selections of LostAndFound's 1203 test frames (its LostAndFound-testValid
+# and -testNoKnown): positions, in frame-id order, of frames whose labels are empty, and the prefixes
+# of sequences with known objects (children, bicycles). testNoKnown is its obstacle track's LostAndFound.
+LOST_AND_FOUND_TEST_FRAMES = 1203
+LOST_AND_FOUND_INVALID_POSITIONS = (17, 37, 55, 72, 91, 110, 129, 153, 174, 197, 218, 353, 490, 618, 686, 792, 793)
+LOST_AND_FOUND_KNOWN_OBJECTS = ("15_Rechbergstr_Deckenpfronn", "01_Hanns_Klemm_Str_45_000006", "01_Hanns_Klemm_Str_45_000007",
+                                "10_Schlossberg_9_000004")
+LOST_AND_FOUND_SUBSETS = ("testValid", "testNoKnown")
+
+
+def _toolkit_subset(frames: list[Frame], subset: str) -> list[Frame]:
+    """The toolkit's ``subset`` of LostAndFound's test frames (which needs all of them: it leaves
+    frames out by position)."""
+    if subset not in LOST_AND_FOUND_SUBSETS:
+        raise DiffeelError(f"LostAndFound subset {subset!r} is none of {', '.join(LOST_AND_FOUND_SUBSETS)}")
+    if len(frames) != LOST_AND_FOUND_TEST_FRAMES:
+        raise DiffeelError(f"the {subset} selection leaves out frames by their position among LostAndFound's "
+                           f"{LOST_AND_FOUND_TEST_FRAMES} test frames; this copy holds {len(frames)}")
+    frames = sorted(frames, key=lambda frame: frame.id)
+    invalid = set(LOST_AND_FOUND_INVALID_POSITIONS)
+    kept = [frame for position, frame in enumerate(frames) if position not in invalid]
+    if subset == "testNoKnown":
+        kept = [frame for frame in kept if not frame.id.startswith(LOST_AND_FOUND_KNOWN_OBJECTS)]
+    return kept
+
+
+def load_lost_and_found(root, split: str = "test", label_map=None, subset: str | None = None, **_) -> list[Frame]:
+    """LostAndFound's ``split``; ``subset`` (test split only) one of the SegmentMeIfYouCan toolkit's
+    selections: ``testValid`` or ``testNoKnown``."""
     root = Path(root)
     mapping = label_map if isinstance(label_map, LabelMapping) else LabelMapping(label_map) if label_map else LOST_AND_FOUND_MAPPING
     labels = _require_dir(root / "gtCoarse" / split, "label")
@@ -226,7 +254,7 @@ def load_lost_and_found(root, split: str = "test", label_map=None, **_) -> list[
         frames.append(Frame(frame_id, path, image, {"weather": "clear", "scene": path.parent.name}, mapping))
     if not frames:
         raise _no_frames(labels, "<scene>/<id>_gtCoarse_labelIds.png")
-    return frames
+    return _toolkit_subset(frames, subset) if subset else frames
 
 
 # ---- ComsAmy-style manifests and plain folders ----------------------------------------------
