@@ -96,11 +96,9 @@ def maps_folder(out_dir: Path, settings: ScoreSettings) -> Path:
     return toolkit_maps_folder(out_dir, *settings.toolkit) if settings.toolkit else out_dir
 
 
-def score_targets(folder: Path, frame_id: str, settings: ScoreSettings) -> list[Path]:
-    """The files a frame's maps go to (one per score; one ``.hdf5`` in the toolkit's layout)."""
-    if settings.toolkit:
-        return [folder / f"{frame_id}.hdf5"]
-    return [folder / score / f"{frame_id}.npy" for score in settings.scores]
+def score_target(folder: Path, frame_id: str, score: str, settings: ScoreSettings) -> Path:
+    """The file a frame's map of ``score`` goes to (the toolkit's layout holds one score)."""
+    return folder / f"{frame_id}.hdf5" if settings.toolkit else folder / score / f"{frame_id}.npy"
 
 
 def _map_size(frame: Frame) -> tuple[int, int]:
@@ -183,7 +181,7 @@ def score_frames(model: torch.nn.Module, frames: list[Frame], out_dir, settings:
         with tqdm(total=sum(map(len, batches)), desc="scoring", unit="frame", disable=not progress or not context.is_main) as bar:
             for indices in batches:
                 batch_frames = [frames[i] for i in indices]
-                if not overwrite and all(t.exists() for f in batch_frames for t in score_targets(folder, f.id, settings)):
+                if not overwrite and all(score_target(folder, f.id, name, settings).exists() for f in batch_frames for name in settings.scores):
                     kept += len(indices)
                     bar.update(len(indices))
                     continue
@@ -295,10 +293,11 @@ def _official_maps(model, frames: list[Frame], precision: str) -> np.ndarray:
 def _score_batch(model, frames: list[Frame], folder: Path, settings: ScoreSettings, how: str, device) -> None:
     for name, score_maps in batch_score_maps(model, frames, settings, how, device).items():
         for frame, score_map in zip(frames, score_maps):
+            target = score_target(folder, frame.id, name, settings)
             if settings.toolkit:
-                write_toolkit_map(folder / f"{frame.id}.hdf5", score_map)
+                write_toolkit_map(target, score_map)
             else:
-                save_array_atomic(folder / name / f"{frame.id}.npy", score_map.astype(settings.dtype))
+                save_array_atomic(target, score_map.astype(settings.dtype))
 
 
 def validate_model(model: torch.nn.Module, frames: list[Frame], scores=("energy", "eel"), *, device, size=None,

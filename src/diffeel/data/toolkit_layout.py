@@ -1,4 +1,6 @@
-"""The SegmentMeIfYouCan toolkit's score files (``adynathos/road-anomaly-benchmark``).
+"""The SegmentMeIfYouCan toolkit's score files (``road_anomaly_benchmark``: SegmentMeIfYouCan/
+road-anomaly-benchmark @ 1c7804e, first released as adynathos/road-anomaly-benchmark; both write
+the same files), and test-server submissions of them.
 
 Its ``Evaluation.save_output`` writes each frame's anomaly map as
 ``anomaly_p/<method>/<dataset>/<frame id>.hdf5``: one HDF5 dataset named ``value``, float16,
