@@ -59,6 +59,52 @@ def test_the_binned_protocol_equals_the_toolkits_recorded_results(tmp_path, benc
         assert overall[ours] == pytest.approx(expected[theirs], abs=1e-9), ours
 
 
+@pytest.mark.parametrize("protocol", sorted(EDITIONS))
+@pytest.mark.parametrize("benchmark", sorted(BENCHMARKS))
+def test_components_under_the_toolkit_protocol_equal_its_segeval(tmp_path, benchmark, protocol):
+    """``--components obstacle`` under a toolkit protocol: the toolkit's SegEval-ObstacleTrack, at
+    the threshold it takes from its binned curve (on the AnomalyTrack fixture that threshold is 1.0
+    and its ``>`` predicts nothing)."""
+    expected = RECORDED["results"][EDITIONS[protocol]][BENCHMARKS[benchmark][1]]["SegEval-ObstacleTrack"]
+    components = evaluate(tmp_path, benchmark, TREE, "--protocol", protocol, "--components", "obstacle")["all"]["components"]
+    assert components["rules"] == "toolkit" and components["threshold"] == expected["thresh_p"]
+    assert components["siou"] == pytest.approx(expected["sIoU_gt"], abs=1e-12)
+    assert components["mean_f1"] == pytest.approx(expected["f1_mean"], abs=1e-12)
+    if np.isnan(expected["prec_pred"]):
+        assert components["ppv"] is None or np.isnan(components["ppv"])
+    else:
+        assert components["ppv"] == pytest.approx(expected["prec_pred"], abs=1e-12)
+    taus = [round(t, 2) for t in components["taus"]]
+    for count in ("tp", "fn", "fp"):
+        assert np.mean(components[f"{count}_per_tau"]) == pytest.approx(expected[f"{count}_mean"], abs=1e-12)
+        for tau in (0.25, 0.5, 0.75):
+            assert components[f"{count}_per_tau"][taus.index(tau)] == expected[f"{count}_{int(tau * 100)}"]
+
+
+def test_the_toolkits_component_rules_on_a_hand_worked_case():
+    """A prediction running through a small ground-truth component (2 px, below min_gt = 3) into a
+    kept one (3 px). The paper's rules void the small component first, which cuts the prediction
+    in two; the toolkit labels the prediction whole and then counts it outside the void only."""
+    from diffeel.metrics.components import ComponentMetrics, component_stats
+
+    prediction, truth, void = (np.zeros((5, 12), bool) for _ in range(3))
+    prediction[2, 2:10] = True
+    truth[2, 5:7] = True  # small
+    truth[2, 8:11] = True  # kept
+    prediction[4, 0:2] = truth[4, 0:2] = True  # a prediction lying wholly on small ground truth
+    siou, ppv = component_stats(prediction, truth, void, min_pred=2, min_gt=3)
+    assert siou.tolist() == [0.5] and ppv.tolist() == [0.0, 2 / 3]
+    siou, ppv = component_stats(prediction, truth, void, min_pred=2, min_gt=3, rules="toolkit")
+    assert siou.tolist() == [2 / 7] and ppv.tolist() == [2 / 6]
+    scores = prediction.astype(np.float32)
+    labels = truth.astype(np.uint8)
+    at_threshold = {rules: ComponentMetrics(None, min_pred=2, min_gt=3, rules=rules).update(scores, labels, 1.0).compute()
+                    for rules in ("paper", "toolkit")}
+    assert at_threshold["paper"]["n_pred_components"] == 2 and at_threshold["toolkit"]["n_pred_components"] == 0  # > vs ≥
+    with pytest.raises(ValueError, match="cannot merge"):
+        ComponentMetrics("obstacle").merge(ComponentMetrics("obstacle", rules="toolkit"))
+
+
 def test_the_binned_protocols_are_not_the_exact_one(tmp_path):
     """A wrong dispatch (the exact metrics under the toolkit's name) fails here: on the fixtures
     the binned AP differs from the exact one by far more than the 1e-9 the recorded results are held to."""

@@ -132,8 +132,8 @@ def component_states(frames: list[Frame], scores_path: str, options: EvalOptions
     from .metrics.components import ComponentMetrics
 
     scores = ScoreMaps(scores_path)
-    metrics = ComponentMetrics(track=options.components)
     protocol = Protocol.resolve(options.protocol)
+    metrics = ComponentMetrics(track=options.components, rules="toolkit" if protocol.toolkit else "paper")
     for frame in frames:
         score, label = load_pair(frame, scores, options.resize)
         metrics.update(_protocol_scores(score, protocol), label, threshold)
@@ -208,7 +208,8 @@ def evaluate(frames: list[Frame], scores_path, options: EvalOptions | None = Non
         components = component_parts[0]
         for part in component_parts[1:]:
             components.merge(part)
-        results["all"]["components"] = {"threshold": threshold, "track": options.components, **components.compute()}
+        results["all"]["components"] = {"threshold": threshold, "track": options.components, "rules": components.rules,
+                                         **components.compute()}
         timings["components_s"] = time.perf_counter() - started
 
     if state["bootstrap"] is not None:

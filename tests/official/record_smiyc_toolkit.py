@@ -25,7 +25,9 @@ What it does, in each edition, in fresh ``DIR_DATASETS`` / ``DIR_OUTPUTS`` folde
 3. runs the toolkit's ``PixBinaryClass`` metric (``calculate_metric_from_saved_outputs``, one
    process, frames in the toolkit's order; the 2021 edition's one-process path needs its metric's
    ``default_instancer`` set, as its parallel path does) and records AP, FPR95, AUROC, best F1 and
-   thresholds;
+   thresholds; then its component metric ``SegEval-ObstacleTrack`` (50 / 10 px minimum sizes, at
+   the best-F1 threshold of that curve; the metric object's cached threshold is cleared between
+   datasets) and records sIoU, PPV and the F1 values;
 4. checks that the toolkit's loader reads a map written by diffeel's ``write_toolkit_map`` back
    unchanged, and records diffeel's file next to the toolkit's.
 
@@ -134,7 +136,7 @@ def make_datasets(datasets: Path) -> dict:
 
 
 EDITION_SCRIPT = r'''
-import json, sys
+import dataclasses, json, sys
 from pathlib import Path
 import numpy as np
 if not hasattr(np, "trapz"):
@@ -175,6 +177,13 @@ for dataset in scores:
     results[dataset] = {key: float(getattr(curve, key)) for key in
                         ("area_PRC", "tpr95_fpr", "area_ROC", "best_f1", "tpr95_threshold", "best_f1_threshold")}
     results[dataset]["frames"] = [evaluation.get_dataset().frames[i]["fid"] for i in labelled]
+    segments = MetricRegistry.get("SegEval-ObstacleTrack")
+    segments.cfg.thresh_p = None  # the metric object keeps the last dataset's threshold otherwise
+    # run_metric_single: the same computation without saving, which NumPy 2's integer scalars break
+    info = evaluation.run_metric_single("SegEval-ObstacleTrack", sample=(dataset, labelled), frame_vis=False)
+    results[dataset]["SegEval-ObstacleTrack"] = {
+        "thresh_p": float(segments.cfg.thresh_p),
+        **{key: float(value) for key, value in dataclasses.asdict(info).items() if key not in ("method_name", "dataset_name")}}
 loader = ChannelLoaderHDF5(str(work / "diffeel_written.hdf5"))
 results["diffeel_written"] = loader.read_file(work / "diffeel_written.hdf5").astype(np.float64).tolist()
 print(json.dumps(results))

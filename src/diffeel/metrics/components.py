@@ -21,6 +21,12 @@ component, so they count neither in a predicted component's size nor in its over
 predicted component they cut in two becomes two components (each then checked against
 ``min_pred`` on its remaining pixels).
 
+``rules="toolkit"`` follows the SegmentMeIfYouCan toolkit's ``SegEval`` code instead (both
+editions of :mod:`diffeel.metrics.toolkit`): the prediction is ``score > threshold``; the
+prediction is split into components and filtered by ``min_pred`` *before* small ground-truth
+components become void; a predicted component then counts only its pixels outside void (its size
+in PPV and sIoU), and one lying wholly on small ground truth is no component at all.
+
 :func:`component_stats` is the fast core: two labelling passes (``scipy.ndimage.label``, the
 ground truth only over its band of rows), then component sizes and overlap tables from
 ``np.bincount`` over the predicted and ground-truth pixels — no loop over components. :func:`reference_component_stats` computes
@@ -100,14 +106,17 @@ def _min_size(value, name: str) -> int:
 # the fast core
 
 
-def component_stats(pred_mask, gt_mask, void_mask, min_pred: int, min_gt: int) -> tuple[np.ndarray, np.ndarray]:
+RULES = ("paper", "toolkit")
+
+
+def component_stats(pred_mask, gt_mask, void_mask, min_pred: int, min_gt: int, rules: str = "paper") -> tuple[np.ndarray, np.ndarray]:
     """Per-component sIoU and PPV of one image (SegmentMeIfYouCan, Chan et al., 2021).
 
     ``pred_mask``, ``gt_mask`` and ``void_mask`` are boolean ``(H, W)`` maps; void pixels are
     removed from both prediction and ground truth. Returns ``(siou_per_gt, ppv_per_pred)``,
     float64, for the kept ground-truth and predicted components in label order (raster order of
     each component's first pixel). Ground-truth components below ``min_gt`` pixels become void
-    before the prediction is labelled (see the module docstring).
+    before the prediction is labelled (``rules="toolkit"``: after; see the module docstring).
 
     With ``O[j, k]`` the pixels shared by predicted component ``j`` and ground-truth component
     ``k``, the sIoU denominator simplifies to ``|k| + Σ_{j meets k} (|j| - Σ_k' O[j, k'])``, and
@@ -130,10 +139,14 @@ def component_stats(pred_mask, gt_mask, void_mask, min_pred: int, min_gt: int) -
     on_kept_gt = is_kept_gt[gt_of_pixel]
 
     prediction = pred_mask & ~void_mask
-    prediction.flat[gt_pixels[~on_kept_gt]] = False
+    if rules == "paper":
+        prediction.flat[gt_pixels[~on_kept_gt]] = False
     pred_labels, n_pred_found = _label_components(prediction)
     pred_sizes = np.bincount(pred_labels[prediction], minlength=n_pred_found + 1)  # predicted pixels only
     is_kept_pred = pred_sizes >= min_pred
+    if rules == "toolkit":  # sizes filtered whole, then counted outside the small ground truth made void
+        pred_sizes -= np.bincount(pred_labels.ravel()[gt_pixels[~on_kept_gt]], minlength=n_pred_found + 1)
+        is_kept_pred &= pred_sizes > 0
     is_kept_pred[0] = False
 
     # Kept ground-truth components renumbered 0..n_gt-1 in label order.
@@ -281,7 +294,11 @@ class ComponentMetrics:
     ``n_images``.
     """
 
-    def __init__(self, track: str | None = "anomaly", min_pred: int | None = None, min_gt: int | None = None):
+    def __init__(self, track: str | None = "anomaly", min_pred: int | None = None, min_gt: int | None = None,
+                 rules: str = "paper"):
+        if rules not in RULES:
+            raise ValueError(f"unknown rules {rules!r}; choose one of {', '.join(RULES)}.")
+        self.rules = rules
         if track is None:
             if min_pred is None or min_gt is None:
                 raise ValueError("without a track, give both min_pred and min_gt.")
@@ -320,8 +337,8 @@ class ComponentMetrics:
             raise ValueError("threshold is NaN.")
 
         # A float64 threshold compares exactly: float16/32 scores are promoted, not the threshold rounded.
-        prediction = scores >= np.float64(threshold)
-        siou, ppv = component_stats(prediction, labels == ANOMALY, labels == VOID, self.min_pred, self.min_gt)
+        prediction = scores > np.float64(threshold) if self.rules == "toolkit" else scores >= np.float64(threshold)
+        siou, ppv = component_stats(prediction, labels == ANOMALY, labels == VOID, self.min_pred, self.min_gt, self.rules)
         self._siou.append(siou)
         self._ppv.append(ppv)
         self.n_images += 1
@@ -331,7 +348,7 @@ class ComponentMetrics:
         """Add another accumulator's images (same minimum sizes) to this one."""
         if not isinstance(other, ComponentMetrics):
             raise TypeError(f"can only merge ComponentMetrics, got {type(other).__name__}")
-        if (other.min_pred, other.min_gt) != (self.min_pred, self.min_gt):
+        if (other.min_pred, other.min_gt, other.rules) != (self.min_pred, self.min_gt, self.rules):
             raise ValueError(
                 f"cannot merge metrics with minimum sizes (pred {other.min_pred}, gt {other.min_gt}) "
                 f"into (pred {self.min_pred}, gt {self.min_gt})."
