@@ -150,6 +150,17 @@ def test_espnet_matches_the_official_network(tmp_path):
     assert_close(output, record["output"])
 
 
+def assert_matches_script(model, script: dict, image: str) -> None:
+    """diffeel's preprocessing and logits against the official script's on one recorded image; the
+    script's first 19 channels (its 20th is void or background)."""
+    expected, actual = script["images"][image], script_outputs(model, script, image)
+    assert actual["shape"] == (1, 19, 512, 1024)
+    assert_close(actual["input"], expected["input"])
+    assert_close(actual["input_mean"], expected["input_mean"])
+    assert_close(actual["output"], expected["output"][:19])
+    assert_close(actual["output_mean"], expected["output_mean"][:19])
+
+
 @pytest.mark.parametrize("image", ["small", "cityscapes"])
 def test_espnet_matches_the_official_test_script(tmp_path, image):
     """The official test script's evaluateModel (cv2.imread's BGR, its mean / std, cv2.resize to
@@ -158,12 +169,7 @@ def test_espnet_matches_the_official_test_script(tmp_path, image):
     record = fixture("espnet")
     torch.save(released_layout(record["keys"]), tmp_path / "espnet_p_2_q_8.pth")
     model = create_model("espnet_cityscapes", checkpoint=tmp_path / "espnet_p_2_q_8.pth")
-    expected, actual = record["script"]["images"][image], script_outputs(model, record["script"], image)
-    assert actual["shape"] == (1, 19, 512, 1024)
-    assert_close(actual["input"], expected["input"])
-    assert_close(actual["input_mean"], expected["input_mean"])
-    assert_close(actual["output"], expected["output"][:19])
-    assert_close(actual["output_mean"], expected["output_mean"][:19])
+    assert_matches_script(model, record["script"], image)
 
 
 def test_espnetv2_matches_the_official_network(tmp_path):
@@ -186,12 +192,7 @@ def test_espnetv2_matches_the_official_test_script(tmp_path, image):
     record = fixture("espnetv2")
     torch.save(name_state(record["keys"]), tmp_path / "espnetv2_s_2.0_city_1024x512.pth")
     model = create_model("espnetv2_cityscapes", checkpoint=tmp_path / "espnetv2_s_2.0_city_1024x512.pth")
-    expected, actual = record["script"]["images"][image], script_outputs(model, record["script"], image)
-    assert actual["shape"] == (1, 19, 512, 1024)
-    assert_close(actual["input"], expected["input"])
-    assert_close(actual["input_mean"], expected["input_mean"])
-    assert_close(actual["output"], expected["output"][:19])
-    assert_close(actual["output_mean"], expected["output_mean"][:19])
+    assert_matches_script(model, record["script"], image)
 
 
 def test_pil_bilinear_resize_matches_pillow():

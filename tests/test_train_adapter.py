@@ -17,7 +17,7 @@ from diffeel.distributed import Distributed, end_process_group
 from diffeel.models import SmallDeepLab, create_model
 from diffeel.models.adapter import ResidualAdapter
 from diffeel.train.recipes import preset, train_on_cityscapes
-from test_train_cityscapes import write_bank, write_cityscapes
+from test_train_cityscapes import states, write_bank, write_cityscapes
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,8 @@ def single(data, tmp_path_factory) -> Path:
 def test_two_gloo_processes_train_the_adapter_as_one(data, single, tmp_path):
     out = tmp_path / "two"
     mp.spawn(train_process, args=(2, data, out, tmp_path / "init"), nprocs=2)
-    ours = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
-    reference = torch.load(single / "checkpoint.pt", weights_only=True)["model"]
+    ours = states(out)["model"]
+    reference = states(single)["model"]
     assert ours.keys() == reference.keys() and any(key.startswith("residual_adapter.") for key in ours)
     for key in reference:
         assert torch.allclose(ours[key].float(), reference[key].float(), rtol=1e-6, atol=1e-6), key

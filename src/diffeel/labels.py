@@ -72,6 +72,12 @@ def train_id_palette():
 UNMAPPED = 2  # marker in lookup tables: a stored value with no mapping (an error when met)
 
 
+def shown_values(values, limit: int = 8) -> str:
+    """The first ``limit`` of ``values`` for an error message, ``…`` when there are more."""
+    values = list(values)
+    return ", ".join(str(v) for v in values[:limit]) + (", …" if len(values) > limit else "")
+
+
 class LabelMapping:
     """Maps stored label values to evaluation labels 0 (inlier), 1 (anomaly), 255 (void).
 
@@ -146,9 +152,8 @@ class LabelMapping:
         mapped = np.take(self.table(256 if small else self.MAX_VALUE + 1), labels)
         if (mapped == UNMAPPED).any():
             bad = np.unique(labels[mapped == UNMAPPED])
-            shown = ", ".join(str(v) for v in bad[:8]) + (", …" if len(bad) > 8 else "")
             raise ValueError(
-                f"label map contains values outside {{0, 1, 255}} with no mapping for them: {shown} "
+                f"label map contains values outside {{0, 1, 255}} with no mapping for them: {shown_values(bad)} "
                 "(give a label map, e.g. 2:1,*:255)"
             )
         return mapped

@@ -44,8 +44,8 @@ import numpy as np
 
 from ..errors import DiffeelError
 from ..geometry import Camera
-from ..labels import TRAIN_ID, VOID
-from .images import image_size, read_image, read_label
+from ..labels import TRAIN_ID, VOID, shown_values
+from .images import check_label_size, image_size, read_image, read_label
 
 SPLITS = ("train", "val", "test")
 CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist")
@@ -126,10 +126,7 @@ def read_camvid_frame(frame: CamVidFrame) -> tuple[np.ndarray, np.ndarray]:
     label = read_label(frame.label_path)
     if label.size and (int(label.min()) < 0 or int(label.max()) > CAMVID_UNLABELLED):
         unknown = np.unique(label[(label < 0) | (label > CAMVID_UNLABELLED)])
-        shown = ", ".join(str(v) for v in unknown[:8]) + (", …" if unknown.size > 8 else "")
-        raise DiffeelError(f"CamVid label {frame.label_path} contains {shown}: values outside 0..{CAMVID_UNLABELLED} "
+        raise DiffeelError(f"CamVid label {frame.label_path} contains {shown_values(unknown)}: values outside 0..{CAMVID_UNLABELLED} "
                            f"(0..10 the classes, {CAMVID_UNLABELLED} unlabelled)")
-    if rgb.shape[:2] != label.shape:
-        raise DiffeelError(f"CamVid image {frame.image_path} is {rgb.shape[1]}x{rgb.shape[0]} but its label "
-                           f"{frame.label_path} is {label.shape[1]}x{label.shape[0]}")
+    check_label_size(rgb, label, frame.image_path, frame.label_path, "CamVid image")
     return rgb, np.take(camvid_to_train_id_table(), label.astype(np.intp))

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DiffeelError
-from ..labels import NUM_CLASSES, VOID, label_id_to_train_id_table
-from .images import read_image, read_label
+from ..labels import NUM_CLASSES, VOID, label_id_to_train_id_table, shown_values
+from .images import check_label_size, read_image, read_label
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
@@ -95,10 +95,7 @@ def read_cityscapes_frame(frame: CityscapesFrame) -> tuple[np.ndarray, np.ndarra
         train_ids = label
         unknown = np.unique(train_ids[(train_ids >= NUM_CLASSES) & (train_ids != VOID)])
         if unknown.size:
-            shown = ", ".join(str(v) for v in unknown[:8]) + (", …" if unknown.size > 8 else "")
-            raise DiffeelError(f"label {frame.label_path} contains train ids {shown}, "
+            raise DiffeelError(f"label {frame.label_path} contains train ids {shown_values(unknown)}, "
                                f"outside 0..{NUM_CLASSES - 1} and {VOID} (void)")
-    if rgb.shape[:2] != train_ids.shape:
-        raise DiffeelError(f"image {frame.image_path} is {rgb.shape[1]}x{rgb.shape[0]} but its label "
-                           f"{frame.label_path} is {train_ids.shape[1]}x{train_ids.shape[0]}")
+    check_label_size(rgb, train_ids, frame.image_path, frame.label_path)
     return rgb, np.ascontiguousarray(train_ids)

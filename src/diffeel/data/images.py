@@ -49,6 +49,13 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     raise DiffeelError(f"{path} is a {image.mode} image, not a single-channel label map")
 
 
+def check_label_size(rgb: np.ndarray, label: np.ndarray, image_path, label_path, what: str = "image") -> None:
+    """An image and its label map of one size, or one sentence naming both files."""
+    if rgb.shape[:2] != label.shape:
+        raise DiffeelError(f"{what} {image_path} is {rgb.shape[1]}x{rgb.shape[0]} but its label "
+                           f"{label_path} is {label.shape[1]}x{label.shape[0]}")
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(width, height)`` read from the header only."""
     path = Path(path)

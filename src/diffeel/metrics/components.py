@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..labels import ANOMALY, EVAL_LABEL_VALUES, INLIER, VOID
+from ..labels import ANOMALY, EVAL_LABEL_VALUES, INLIER, VOID, shown_values
 from .pixel import _to_numpy
 
 __all__ = [
@@ -374,6 +374,5 @@ def _check_labels(labels: np.ndarray) -> None:
     invalid = (labels != INLIER) & (labels != ANOMALY) & (labels != VOID)
     if invalid.any():
         bad = np.unique(labels[invalid])
-        shown = ", ".join(str(value) for value in bad[:5]) + (", …" if len(bad) > 5 else "")
         allowed = ", ".join(str(value) for value in EVAL_LABEL_VALUES)
-        raise ValueError(f"label map holds values outside {{{allowed}}}: {shown}.")
+        raise ValueError(f"label map holds values outside {{{allowed}}}: {shown_values(bad, 5)}.")
