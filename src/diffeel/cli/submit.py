@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..errors import DiffeelError
 
@@ -45,7 +44,7 @@ def add_parser(commands) -> None:
 def run_smiyc(args: argparse.Namespace) -> None:
     from ..data.benchmarks import load_benchmark
     from ..data.toolkit_layout import (check_dataset_complete, submission_problems, toolkit_dataset, toolkit_scores_folder,
-                                       write_submission)
+                                       tree_root, write_submission)
     from ..report.output import check_output_file
 
     out = check_output_file(args.out)
@@ -64,8 +63,7 @@ def run_smiyc(args: argparse.Namespace) -> None:
         toolkit_scores_folder(args.scores, benchmark, method)  # the dataset's folder exists, or one sentence
         frames[dataset] = load_benchmark(benchmark, args.laf_root if benchmark == "laf" else args.root, unlabelled=True)
         check_dataset_complete(dataset, [frame.id for frame in frames[dataset]])
-    tree = Path(args.scores)
-    tree = tree.parent if tree.name == "anomaly_p" else tree
+    tree = tree_root(args.scores)
     problems = submission_problems(tree, method, frames, progress=not args.quiet)
     if problems:
         for problem in problems:

@@ -74,10 +74,16 @@ def write_toolkit_map(path, score_map: np.ndarray) -> None:
         raise
 
 
+def tree_root(scores) -> Path:
+    """The folder holding ``anomaly_p/``, given it or ``anomaly_p/`` itself."""
+    scores = Path(scores)
+    return scores.parent if scores.name == ANOMALY_P else scores
+
+
 def is_toolkit_tree(scores) -> bool:
     """``scores`` is the folder holding ``anomaly_p/`` or ``anomaly_p/`` itself."""
     scores = Path(scores)
-    return scores.is_dir() and (scores.name == ANOMALY_P or (scores / ANOMALY_P).is_dir())
+    return (tree_root(scores) / ANOMALY_P).is_dir()
 
 
 def toolkit_scores_folder(scores, benchmark: str, method: str | None = None) -> Path:
@@ -85,7 +91,7 @@ def toolkit_scores_folder(scores, benchmark: str, method: str | None = None) -> 
     holding ``anomaly_p/``, or ``anomaly_p/`` itself). ``method`` picks among several methods (one
     alone is taken)."""
     scores = Path(scores)
-    tree = scores if scores.name == ANOMALY_P else scores / ANOMALY_P
+    tree = tree_root(scores) / ANOMALY_P
     if not tree.is_dir():
         raise DiffeelError(f"{scores} is not a toolkit tree: it holds no {ANOMALY_P} folder")
     methods = sorted(p.name for p in tree.iterdir() if p.is_dir())
