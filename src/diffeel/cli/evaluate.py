@@ -43,7 +43,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..data.benchmarks import DEFAULT_GROUP_BY, LOST_AND_FOUND_TOOLKIT_MAPPING
+    from ..data.benchmarks import DEFAULT_GROUP_BY, LOST_AND_FOUND_TOOLKIT_MAPPING, load_benchmark
     from ..metrics import PROTOCOLS
     from ..evaluation import EvalOptions, evaluate
     from ..report.folders import write_eval_run
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
     options = EvalOptions(group_by=group_by, protocol=args.protocol, resize=args.resize, components=args.components,
                           bootstrap=args.bootstrap, seed=args.seed, jobs=args.jobs, progress=not args.quiet)
     # a LostAndFound subset of a toolkit tree: the maps of the other test frames are there too
-    others = [frame.id for frame in benchmark_frames(argparse.Namespace(**{**vars(args), "subset": None}))] if args.subset else ()
+    others = [frame.id for frame in load_benchmark(args.benchmark, args.root)] if args.subset else ()
     results, curves = evaluate(frames, scores, options, other_frames=others)
     overall = results["all"]
     results = {"method": method, "benchmark": args.benchmark, "protocol": args.protocol, **results}

@@ -42,9 +42,7 @@ def add_parser(commands) -> None:
 
 
 def run_smiyc(args: argparse.Namespace) -> None:
-    from ..data.benchmarks import load_benchmark
-    from ..data.toolkit_layout import (check_dataset_complete, submission_problems, toolkit_dataset, toolkit_scores_folder,
-                                       tree_root, write_submission)
+    from ..data.toolkit_layout import submission_frames, submission_problems, toolkit_scores_folder, tree_root, write_submission
     from ..report.output import check_output_file
 
     out = check_output_file(args.out)
@@ -57,12 +55,7 @@ def run_smiyc(args: argparse.Namespace) -> None:
     if "laf" in benchmarks and not args.laf_root:
         raise DiffeelError("--benchmarks laf needs --laf-root: the LostAndFound copy whose test frames are checked")
     method = toolkit_scores_folder(args.scores, benchmarks[0], args.method).parent.name
-    frames = {}
-    for benchmark in benchmarks:
-        dataset = toolkit_dataset(benchmark)
-        toolkit_scores_folder(args.scores, benchmark, method)  # the dataset's folder exists, or one sentence
-        frames[dataset] = load_benchmark(benchmark, args.laf_root if benchmark == "laf" else args.root, unlabelled=True)
-        check_dataset_complete(dataset, [frame.id for frame in frames[dataset]])
+    frames = submission_frames(args.scores, method, {b: args.laf_root if b == "laf" else args.root for b in benchmarks})
     tree = tree_root(args.scores)
     problems = submission_problems(tree, method, frames, progress=not args.quiet)
     if problems:

@@ -172,6 +172,21 @@ def map_problem(path: Path, size: tuple[int, int]) -> str | None:
     return None
 
 
+def submission_frames(scores, method: str, roots: dict[str, str]) -> dict[str, list]:
+    """``{dataset: [Frame, …]}``: every frame (test frames included) of each benchmark of ``roots``
+    (``{benchmark: its root}``), after checking that ``scores`` holds a folder of ``method``'s maps
+    for it and that the copy has the toolkit's frame count; else one sentence."""
+    from .benchmarks import load_benchmark
+
+    frames = {}
+    for benchmark, root in roots.items():
+        dataset = toolkit_dataset(benchmark)
+        toolkit_scores_folder(scores, benchmark, method)
+        frames[dataset] = load_benchmark(benchmark, root, unlabelled=True)
+        check_dataset_complete(dataset, [frame.id for frame in frames[dataset]])
+    return frames
+
+
 def submission_problems(root, method: str, frames: dict[str, list], progress: bool = False) -> list[str]:
     """One sentence per map of ``frames`` (``{dataset: [Frame, …]}``, every frame of each dataset)
     that is missing or malformed in ``root``'s toolkit tree, and per map there of no such frame."""
