@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ..errors import DiffeelError
+from .arguments import add_output_argument, add_quiet_argument
 
 RESUMABLE = ()
 SUBMITTABLE = ("smiyc-anomaly", "smiyc-obstacle", "laf")
@@ -35,9 +36,9 @@ def add_parser(commands) -> None:
                        "AnomalyTrack-all and ObstacleTrack-all)")
     smiyc.add_argument("--root", required=True, help="SegmentMeIfYouCan root holding dataset_AnomalyTrack/ and dataset_ObstacleTrack/")
     smiyc.add_argument("--laf-root", help="LostAndFound root (leftImg8bit/, gtCoarse/), when --benchmarks includes laf")
-    smiyc.add_argument("--out", required=True, help="the archive to write (.zip)")
+    add_output_argument(smiyc, "the archive to write (.zip)")
     smiyc.add_argument("--overwrite", action="store_true", help="replace an existing archive")
-    smiyc.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_argument(smiyc)
     smiyc.set_defaults(handler=run_smiyc)
 
 
